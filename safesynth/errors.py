@@ -1,0 +1,120 @@
+"""Exceptions raised by safesynth.
+
+Every error a user can act on derives from :class:`SafeSynthError` and carries a one-line message in
+the shape `` `name` (value) must be constraint `` or "what failed: why; what to do". Messages never
+contain values of the private data: they name files, columns, rules and counts.
+
+Hierarchy::
+
+    SafeSynthError                      exit code 1 unless stated
+    +-- SpecError                       exit 2: the release spec is invalid (names file and key path)
+    +-- DataError                       exit 2: the source cannot be read or does not match the spec
+    |   +-- SourceReadError             the file is missing, unreadable, empty, malformed or mis-encoded
+    |   +-- SchemaValidationError       Great Expectations rules failed (counts per rule, never values)
+    +-- PrivacyError                    exit 1: a privacy invariant would be violated
+    |   +-- BudgetExceededError         exit 3: the planned spend does not fit the remaining budget
+    |   +-- LedgerError                 the budget ledger cannot be read or written
+    +-- GeneratorError                  exit 1: fitting or sampling the generator failed
+    +-- GateFailedError                 exit 3: an audit gate blocked the release (per-gate reasons)
+    +-- PublishError                    exit 1: the release could not be published atomically
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BudgetExceededError",
+    "DataError",
+    "GateFailedError",
+    "GeneratorError",
+    "LedgerError",
+    "PrivacyError",
+    "PublishError",
+    "SafeSynthError",
+    "SchemaValidationError",
+    "SourceReadError",
+    "SpecError",
+]
+
+
+class SafeSynthError(Exception):
+    """Base class of every error safesynth raises on purpose."""
+
+    exit_code: int = 1
+
+
+class SpecError(SafeSynthError):
+    """The release spec is invalid."""
+
+    exit_code = 2
+
+
+class DataError(SafeSynthError):
+    """The private source cannot be used as declared."""
+
+    exit_code = 2
+
+
+class SourceReadError(DataError):
+    """The source is missing, unreadable, empty, malformed or wrongly encoded."""
+
+
+class SchemaValidationError(DataError):
+    """The source violates the declared schema.
+
+    Args:
+        failures: one entry per failing rule: ``(column, rule, failing_rows)``. ``failing_rows`` is a
+            count of rows (or ``None`` when the rule is not row-level, e.g. a missing column).
+        source: a display name of the source (path or URL without credentials).
+    """
+
+    def __init__(self, failures: Sequence[tuple[str, str, int | None]], source: str) -> None:
+        self.failures = list(failures)
+        self.source = source
+        parts = []
+        for column, rule, count in self.failures:
+            rows = "" if count is None else f": {count} row{'s' if count != 1 else ''} fail"
+            parts.append(f"column `{column}` {rule}{rows}")
+        super().__init__(f"{source} does not match the spec: " + "; ".join(parts))
+
+
+class PrivacyError(SafeSynthError):
+    """A privacy invariant would be violated."""
+
+
+class BudgetExceededError(PrivacyError):
+    """The release's planned privacy spend does not fit in the dataset's remaining budget."""
+
+    exit_code = 3
+
+    def __init__(self, dataset: str, requested: float, remaining: float, *, what: str = "epsilon") -> None:
+        self.dataset = dataset
+        self.requested = requested
+        self.remaining = remaining
+        super().__init__(
+            f"privacy budget exhausted for dataset `{dataset}`: this release needs {what} {requested:.4g} "
+            f"but only {remaining:.4g} remains of the lifetime budget"
+        )
+
+
+class LedgerError(PrivacyError):
+    """The budget ledger cannot be read or written."""
+
+
+class GeneratorError(SafeSynthError):
+    """Fitting or sampling a generator failed."""
+
+
+class GateFailedError(SafeSynthError):
+    """An audit gate blocked the release."""
+
+    exit_code = 3
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        self.reasons = list(reasons)
+        super().__init__("release blocked: " + "; ".join(self.reasons))
+
+
+class PublishError(SafeSynthError):
+    """The release could not be published atomically."""

@@ -1,0 +1,20 @@
+"""Generators: DP synthesizers behind one interface (see :mod:`safesynth.generator.base`)."""
+
+from __future__ import annotations
+
+from safesynth.generator.base import FittedGenerator, GeneratorBackend
+
+__all__ = ["FittedGenerator", "GeneratorBackend", "get_backend"]
+
+
+def get_backend(kind: str) -> GeneratorBackend:
+    """The backend for ``generator.kind``; heavy imports (torch) happen only for ``llm``."""
+    if kind == "marginals":
+        from safesynth.generator.marginals import MarginalsBackend
+
+        return MarginalsBackend()
+    if kind == "llm":
+        from safesynth.generator.llm import LLMBackend
+
+        return LLMBackend()
+    raise ValueError(f"`generator.kind` ({kind!r}) must be 'marginals' or 'llm'")

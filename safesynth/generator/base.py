@@ -1,0 +1,59 @@
+"""The generator interface every synthesizer implements.
+
+A generator is fitted on the *training* rows (the holdout is never passed in), spends exactly the
+budget the plan gives its stages (``plan.stage("generator")``, and ``"condition"`` when it conditions on a
+noisy histogram), records every spend in the release account, and returns a fitted model that can be
+saved, loaded in another process (a Dask worker), and sampled per shard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+
+from safesynth.privacy.accountant import ReleaseAccount
+from safesynth.privacy.noise import NoiseSource
+from safesynth.privacy.planner import BudgetPlan
+from safesynth.spec import ReleaseSpec
+
+__all__ = ["FittedGenerator", "GeneratorBackend"]
+
+
+class FittedGenerator(Protocol):
+    """A fitted synthesizer. Sampling reads no private data: it is post-processing."""
+
+    kind: str
+
+    def save(self, directory: Path) -> None:
+        """Write everything needed to sample into ``directory`` (created if missing)."""
+        ...
+
+    def sample(self, rows: int, *, seed: int) -> pd.DataFrame:
+        """``rows`` synthetic rows with the spec's columns and declared dtypes.
+
+        Deterministic for a fixed ``(rows, seed)``: a shard is reproducible on retry.
+        """
+        ...
+
+
+class GeneratorBackend(Protocol):
+    kind: str
+
+    def fit(
+        self,
+        train: pd.DataFrame,
+        *,
+        spec: ReleaseSpec,
+        plan: BudgetPlan,
+        account: ReleaseAccount,
+        noise: NoiseSource,
+        workdir: Path,
+    ) -> FittedGenerator:
+        """Fit on ``train`` with DP, spending the plan's generator stages and recording them in ``account``."""
+        ...
+
+    def load(self, directory: Path, *, spec: ReleaseSpec) -> FittedGenerator:
+        """Load a fitted generator saved by :meth:`FittedGenerator.save`."""
+        ...

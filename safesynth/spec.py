@@ -1,0 +1,401 @@
+"""The release spec: one YAML file per release, loaded into a frozen, typed model.
+
+The spec is the only place where *public metadata* enters the pipeline: the column names and types,
+category domains and numeric bounds are declared here, never derived from the private data. Anything
+that is not declared must be discovered with differential privacy, and the spec must allot budget for
+that (``privacy.allocation.discovery``), otherwise it is rejected before any data is read.
+
+Relative paths (``source``, ``publish.target``, ``ledger.url`` for SQLite, ``generator.model``) are
+resolved against the directory of the spec file, like docker-compose does, so a spec means the same
+thing whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from safesynth.errors import SpecError
+
+__all__ = [
+    "AuditSpec",
+    "BooleanColumn",
+    "CategoricalColumn",
+    "ColumnSpec",
+    "DatetimeColumn",
+    "FloatColumn",
+    "IntegerColumn",
+    "LLMGeneratorSpec",
+    "LedgerSpec",
+    "MarginalsGeneratorSpec",
+    "PrivacySpec",
+    "PublishSpec",
+    "ReleaseSpec",
+    "SamplingSpec",
+    "TextColumn",
+    "load_spec",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------- columns
+
+
+class _Column(_Frozen):
+    nullable: bool = Field(False, description="Whether missing values are allowed (and generated).")
+    description: str = Field("", description="Free text for people; not used by the pipeline.")
+
+
+class IntegerColumn(_Column):
+    type: Literal["integer"]
+    min: int | None = Field(None, description="Public lower bound. Undeclared: DP bounds discovery.")
+    max: int | None = Field(None, description="Public upper bound. Undeclared: DP bounds discovery.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntegerColumn:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"`min` ({self.min}) must be <= `max` ({self.max})")
+        return self
+
+    @property
+    def bounded(self) -> bool:
+        return self.min is not None and self.max is not None
+
+
+class FloatColumn(_Column):
+    type: Literal["float"]
+    min: float | None = Field(None, description="Public lower bound. Undeclared: DP bounds discovery.")
+    max: float | None = Field(None, description="Public upper bound. Undeclared: DP bounds discovery.")
+    precision: int = Field(2, ge=0, le=12, description="Decimal places kept in generated values.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatColumn:
+        if self.min is not None and self.max is not None and not self.min < self.max:
+            raise ValueError(f"`min` ({self.min}) must be < `max` ({self.max})")
+        return self
+
+    @property
+    def bounded(self) -> bool:
+        return self.min is not None and self.max is not None
+
+
+class CategoricalColumn(_Column):
+    type: Literal["categorical"]
+    categories: tuple[str, ...] | None = Field(
+        None, description="Public category domain. Undeclared: DP category discovery (needs budget)."
+    )
+    max_categories: int = Field(
+        100, ge=1, le=100_000, description="Upper bound on categories kept by DP discovery."
+    )
+
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _as_strings(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError("`categories` must be a non-empty list")
+        out = [str(v) for v in value]
+        if len(set(out)) != len(out):
+            raise ValueError("`categories` must not repeat a value")
+        return tuple(out)
+
+    @property
+    def bounded(self) -> bool:
+        return self.categories is not None
+
+
+class BooleanColumn(_Column):
+    type: Literal["boolean"]
+
+    @property
+    def bounded(self) -> bool:
+        return True
+
+
+class DatetimeColumn(_Column):
+    type: Literal["datetime"]
+    min: dt.datetime = Field(..., description="Public lower bound (ISO 8601).")
+    max: dt.datetime = Field(..., description="Public upper bound (ISO 8601).")
+    resolution: Literal["day", "second"] = Field("day", description="Granularity of generated values.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DatetimeColumn:
+        if not self.min < self.max:
+            raise ValueError("`min` must be before `max`")
+        return self
+
+    @property
+    def bounded(self) -> bool:
+        return True
+
+
+class TextColumn(_Column):
+    type: Literal["text"]
+    max_length: int = Field(..., ge=1, le=100_000, description="Characters kept; longer texts fail validation.")
+
+    @property
+    def bounded(self) -> bool:
+        return True
+
+
+ColumnSpec = Annotated[
+    IntegerColumn | FloatColumn | CategoricalColumn | BooleanColumn | DatetimeColumn | TextColumn,
+    Field(discriminator="type"),
+]
+
+# --------------------------------------------------------------------------------------------- privacy
+
+
+class AllocationSpec(_Frozen):
+    """Shares of the release's (epsilon, delta) per stage; unset stages get the generator's defaults."""
+
+    discovery: float = Field(0.0, ge=0.0, le=1.0, description="DP discovery of undeclared domains.")
+    condition: float | None = Field(None, ge=0.0, le=1.0, description="Noisy histogram a generator conditions on.")
+    generator: float | None = Field(None, ge=0.0, le=1.0, description="Fitting the generator (marginals or DP-SGD).")
+
+    @model_validator(mode="after")
+    def _sum(self) -> AllocationSpec:
+        total = self.discovery + (self.condition or 0.0) + (self.generator or 0.0)
+        if total > 1.0 + 1e-12:
+            raise ValueError(f"allocation fractions ({total:.4g}) must sum to <= 1")
+        return self
+
+
+class PrivacySpec(_Frozen):
+    epsilon: float = Field(..., gt=0.0, le=100.0, description="Epsilon of this release (add/remove one record).")
+    delta: float = Field(1e-6, ge=0.0, lt=1e-2, description="Delta of this release; keep well below 1/rows.")
+    lifetime_epsilon: float = Field(..., gt=0.0, description="Total epsilon the dataset may ever spend.")
+    lifetime_delta: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Total delta; default: delta x lifetime_epsilon / epsilon."
+    )
+    mechanism: Literal["laplace", "gaussian"] = Field("laplace", description="Noise for released statistics.")
+    accountant: Literal["rdp", "pld"] = Field("rdp", description="Accountant that states the release's epsilon.")
+    allocation: AllocationSpec = Field(default_factory=AllocationSpec)
+
+    @model_validator(mode="after")
+    def _fits_lifetime(self) -> PrivacySpec:
+        if self.epsilon > self.lifetime_epsilon:
+            raise ValueError(
+                f"`epsilon` ({self.epsilon}) must be <= `lifetime_epsilon` ({self.lifetime_epsilon})"
+            )
+        if self.mechanism == "gaussian" and self.delta == 0.0:
+            raise ValueError("`delta` must be > 0 when `mechanism` is gaussian")
+        return self
+
+    @property
+    def effective_lifetime_delta(self) -> float:
+        if self.lifetime_delta is not None:
+            return self.lifetime_delta
+        return min(0.5, self.delta * self.lifetime_epsilon / self.epsilon)
+
+
+# ------------------------------------------------------------------------------------------- generator
+
+
+class MarginalsGeneratorSpec(_Frozen):
+    """Independent noisy histograms per column: the baseline every generator must beat."""
+
+    kind: Literal["marginals"]
+    bins: int = Field(32, ge=2, le=10_000, description="Histogram bins for numeric and datetime columns.")
+
+
+class LLMGeneratorSpec(_Frozen):
+    """A causal language model trained with DP-SGD on serialised records."""
+
+    kind: Literal["llm"]
+    model: str | None = Field(
+        None, description="Local checkpoint directory or hub id; default: a small model built from config."
+    )
+    layers: int = Field(4, ge=1, le=48)
+    hidden_size: int = Field(128, ge=16, le=8192)
+    heads: int = Field(4, ge=1, le=128)
+    context_length: int = Field(256, ge=16, le=32_768)
+    epochs: float = Field(3.0, gt=0.0, le=1000.0, description="Expected passes over the data (Poisson sampling).")
+    batch_size: int = Field(256, ge=1, description="Expected (logical) batch size under Poisson sampling.")
+    learning_rate: float = Field(3e-3, gt=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Per-record clipping norm for DP-SGD.")
+    random_column_order: bool = Field(True, description="Train on random column orders.")
+    condition_on: str | None = Field(None, description="Column drawn from a noisy histogram at sampling.")
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    lora: bool = Field(False, description="Fine-tune a pretrained model with LoRA (needs peft).")
+
+
+GeneratorSpec = Annotated[MarginalsGeneratorSpec | LLMGeneratorSpec, Field(discriminator="kind")]
+
+# ------------------------------------------------------------------------------------ sampling, audit
+
+
+class SamplingSpec(_Frozen):
+    rows: int = Field(..., ge=1, le=100_000_000, description="Rows to generate (public).")
+    seed: int = Field(0, ge=0, description="Seed for everything except privacy noise.")
+    batch_size: int = Field(256, ge=1, description="Rows generated per model call.")
+    shard_rows: int = Field(10_000, ge=1, description="Rows per shard (unit of distributed sampling).")
+    scheduler: str | None = Field(None, description="Dask scheduler address; default: a LocalCluster.")
+
+
+class AuditSpec(_Frozen):
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="Rows kept out of fitting for the audit.")
+    max_attack_auc: float = Field(0.6, ge=0.5, le=1.0, description="Block when membership AUC exceeds this.")
+    max_tpr_at_low_fpr: float | None = Field(
+        None, gt=0.0, le=1.0, description="Block when TPR at `low_fpr` exceeds this."
+    )
+    low_fpr: float = Field(0.01, gt=0.0, lt=0.5)
+    target_column: str | None = Field(None, description="Column for utility checks (train-synthetic-test-real).")
+    max_audit_rows: int = Field(5_000, ge=10, description="Rows per side used by the attacks.")
+
+
+class PublishSpec(_Frozen):
+    target: str = Field(..., description="Local directory or fsspec URL the release is published under.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the target.")
+    rows_per_file: int = Field(1_000_000, ge=1)
+
+
+class LedgerSpec(_Frozen):
+    url: str | None = Field(
+        None, description="SQLAlchemy URL; default: sqlite in $SAFESYNTH_HOME (./.safesynth)."
+    )
+
+
+# ------------------------------------------------------------------------------------------- release
+
+
+class ReleaseSpec(_Frozen):
+    dataset: str = Field(..., description="Ledger key: the privacy budget is tracked per dataset.")
+    source: str = Field(..., description="Local path or fsspec URL; csv, parquet or jsonl.")
+    format: Literal["csv", "parquet", "jsonl"] | None = Field(None, description="Default: from the extension.")
+    source_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options.")
+    columns: dict[str, ColumnSpec]
+    privacy: PrivacySpec
+    generator: GeneratorSpec = Field(default_factory=lambda: MarginalsGeneratorSpec(kind="marginals"))
+    sampling: SamplingSpec
+    audit: AuditSpec = Field(default_factory=AuditSpec)
+    publish: PublishSpec
+    ledger: LedgerSpec = Field(default_factory=LedgerSpec)
+    base_dir: str = Field(".", description="Set by load_spec: the spec file's directory.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("`dataset` must be letters, digits, '_', '.', '-' (max 128), starting alphanumeric")
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _some_columns(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            raise ValueError("`columns` must declare at least one column")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ReleaseSpec:
+        undeclared = [name for name, col in self.columns.items() if not col.bounded]
+        if undeclared and self.privacy.allocation.discovery <= 0.0:
+            raise ValueError(
+                f"columns {undeclared} have no declared domain; declare `categories` or `min`/`max`, "
+                "or allot budget with `privacy.allocation.discovery`"
+            )
+        for key, name in (("audit.target_column", self.audit.target_column),
+                          ("generator.condition_on", getattr(self.generator, "condition_on", None))):
+            if name is not None and name not in self.columns:
+                raise ValueError(f"`{key}` ({name!r}) must be one of the declared columns")
+        return self
+
+    # Resolved locations ------------------------------------------------------------------------
+
+    def resolve(self, location: str) -> str:
+        """Resolve a path relative to the spec file; URLs (``scheme://``) are returned unchanged."""
+        if "://" in location:
+            return location
+        path = Path(os.path.expanduser(location))
+        return str(path if path.is_absolute() else (Path(self.base_dir) / path).resolve())
+
+    @property
+    def source_uri(self) -> str:
+        return self.resolve(self.source)
+
+    @property
+    def target_uri(self) -> str:
+        return self.resolve(self.publish.target)
+
+    @property
+    def source_format(self) -> str:
+        if self.format:
+            return self.format
+        name = self.source.lower().split("?")[0]
+        for suffix in (".gz", ".bz2", ".zst", ".xz"):
+            name = name.removesuffix(suffix)
+        for ext, fmt in ((".csv", "csv"), (".parquet", "parquet"), (".pq", "parquet"),
+                         (".jsonl", "jsonl"), (".ndjson", "jsonl")):
+            if name.endswith(ext):
+                return fmt
+        raise SpecError(f"`source` ({self.source}) has no known extension; set `format` to csv, parquet or jsonl")
+
+    def digest(self) -> str:
+        """SHA-256 of the spec's canonical JSON (without ``base_dir``): identifies what was released."""
+        payload = self.model_dump(mode="json", exclude={"base_dir"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    # pydantic puts discriminator tags in the location (e.g. columns.age.integer.min); drop them.
+    tags = {"integer", "float", "categorical", "boolean", "datetime", "text", "marginals", "llm"}
+    parts = [str(p) for i, p in enumerate(loc) if not (i > 0 and str(p) in tags and loc[i - 1] != "columns")]
+    return ".".join(parts) or "<root>"
+
+
+def parse_spec(data: Any, *, origin: str = "<spec>", base_dir: str | os.PathLike[str] = ".") -> ReleaseSpec:
+    """Validate a mapping into a :class:`ReleaseSpec`; errors name the key path and ``origin``."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: a release spec must be a YAML mapping, not {type(data).__name__}")
+    data = {**data, "base_dir": str(Path(base_dir).resolve())}
+    try:
+        return ReleaseSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            key = _key_path(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"`{key}`: {msg}")
+        raise SpecError(f"{origin}: invalid spec: " + "; ".join(problems)) from None
+
+
+def load_spec(path: str | os.PathLike[str]) -> ReleaseSpec:
+    """Load and validate a release spec file. Reads no private data.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or any key is unknown or invalid.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read spec file ({exc.__class__.__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{where}") from None
+    return parse_spec(data, origin=str(path), base_dir=path.parent)
