@@ -1,0 +1,161 @@
+"""Atomic publishing of a release to a local directory or any fsspec URL.
+
+Layout: ``<target>/<dataset>/<release_id>/part-*.parquet`` and ``manifest.json``. Readers trust the
+manifest only: it lists every file with its size and SHA-256, and it is written last.
+
+Atomicity:
+  * local filesystem: the files and the manifest are written to a hidden staging directory beside the
+    final one and moved into place with one ``rename``, which is atomic on POSIX; a crash leaves at most
+    a ``.staging-*`` directory, which the next publish removes.
+  * object stores (s3://, gs://, memory://...): the data files are uploaded first (each a whole object),
+    the manifest last; for S3 the manifest PUT is conditional (``If-None-Match: *``) so two publishers
+    racing on one release id cannot both win.
+Publishing a release id that already has a manifest is refused; publishing an identical manifest again is
+a no-op (idempotent re-runs of a scheduled job).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from safesynth.errors import PublishError
+from safesynth.output import sha256_file
+
+__all__ = ["PublishedRelease", "build_manifest_files", "find_published", "publish_release"]
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublishedRelease:
+    location: str
+    manifest: str
+    files: tuple[str, ...]
+    already_published: bool = False
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _is_local(target: str) -> bool:
+    return "://" not in target or target.startswith("file://")
+
+
+def _local_path(target: str) -> Path:
+    return Path(target.removeprefix("file://"))
+
+
+def build_manifest_files(paths: list[Path]) -> list[dict[str, Any]]:
+    return [{"path": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(paths)]
+
+
+def find_published(target: str, dataset: str, release_id: str,
+                   storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest of an already published release, or None. Raises PublishError if unreadable."""
+    url = _join(target, dataset, release_id, MANIFEST)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as fh:
+            return json.loads(fh.read())
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"cannot read {url}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def publish_release(
+    files: list[Path],
+    manifest: dict[str, Any],
+    *,
+    target: str,
+    dataset: str,
+    release_id: str,
+    storage_options: dict[str, Any] | None = None,
+) -> PublishedRelease:
+    """Publish ``files`` and ``manifest`` under ``<target>/<dataset>/<release_id>/``, manifest last."""
+    existing = find_published(target, dataset, release_id, storage_options)
+    final = _join(target, dataset, release_id)
+    if existing is not None:
+        if existing == manifest:
+            return PublishedRelease(location=final, manifest=_join(final, MANIFEST),
+                                    files=tuple(f["path"] for f in manifest["files"]), already_published=True)
+        raise PublishError(f"release `{release_id}` is already published at {final}; "
+                           "choose a new --release-id (published releases are immutable)")
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    if _is_local(target):
+        _publish_local(files, body, _local_path(target) / dataset, release_id)
+    else:
+        _publish_remote(files, body, final, storage_options or {})
+    return PublishedRelease(location=final, manifest=_join(final, MANIFEST), files=tuple(p.name for p in files))
+
+
+def _publish_local(files: list[Path], body: bytes, parent: Path, release_id: str) -> None:
+    final = parent / release_id
+    staging = parent / f".staging-{release_id}-{uuid.uuid4().hex[:8]}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for old in parent.glob(f".staging-{release_id}-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        staging.mkdir()
+        for path in files:
+            shutil.copyfile(path, staging / path.name)
+        (staging / MANIFEST).write_bytes(body)
+        for entry in staging.iterdir():
+            with entry.open("rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists() and not any(final.iterdir()):
+            final.rmdir()
+        os.rename(staging, final)  # atomic; fails if `final` appeared meanwhile
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PublishError(f"cannot publish to {final}: {exc.strerror or exc}") from exc
+
+
+def _publish_remote(files: list[Path], body: bytes, final: str, storage_options: dict[str, Any]) -> None:
+    fs, root = fsspec.core.url_to_fs(final, **storage_options)
+    uploaded: list[str] = []
+    try:
+        for path in files:
+            dest = f"{root}/{path.name}"
+            fs.put_file(str(path), dest)
+            uploaded.append(dest)
+        _put_manifest(fs, f"{root}/{MANIFEST}", body)
+    except PublishError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any backend error becomes one actionable line
+        for dest in uploaded:
+            try:
+                fs.rm_file(dest)
+            except Exception:  # noqa: BLE001, S110 - best-effort cleanup; the manifest was never written
+                pass
+        raise PublishError(f"cannot publish to {final}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def _put_manifest(fs: Any, path: str, body: bytes) -> None:
+    """Write the manifest; on S3 only if no manifest exists yet (conditional PUT)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("s3", "s3a"):
+        bucket, key = path.split("/", 1)
+        client_call = getattr(fs, "call_s3", None)
+        try:
+            from fsspec.asyn import sync
+
+            sync(fs.loop, client_call, "put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+        except Exception as exc:  # noqa: BLE001
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                raise PublishError(f"another publisher won the race for {path}; this release was not published") from exc
+            raise
+        return
+    if fs.exists(path):
+        raise PublishError(f"{path} appeared while publishing; this release was not published")
+    with fs.open(path, "wb") as fh:
+        fh.write(body)
