@@ -1,0 +1,177 @@
+"""The `safesynth` command line (the shell around the flows and the core).
+
+Commands: ``safesynth spec check``, ``safesynth release``, ``safesynth budget show``.
+
+Exit codes: 0 published (or already published), 2 bad spec or bad input, 3 blocked by a gate or by the
+privacy budget, 1 anything else. Errors are one line on stderr; no tracebacks for errors a user can fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from safesynth import __version__
+from safesynth.errors import SafeSynthError
+
+app = typer.Typer(
+    name="safesynth",
+    help="Differentially private synthetic data releases, gated by a privacy audit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+spec_app = typer.Typer(help="Work with release specs (no data is read).", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _mount_budget() -> None:
+    try:
+        from safesynth.cli_budget import budget_app
+    except ImportError:  # pragma: no cover - only while the module is missing
+        return
+    app.add_typer(budget_app, name="budget", help="Show a dataset's privacy budget ledger.")
+
+
+_mount_budget()
+
+
+def set_runtime_defaults() -> None:
+    """Offline, quiet, self-contained defaults; an explicit environment variable always wins."""
+    home = Path(os.environ.setdefault("SAFESYNTH_HOME", str(Path(".safesynth").resolve())))
+    defaults = {
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "safesynth",
+        "HF_HOME": str(home / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def _fail(exc: SafeSynthError) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"safesynth {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    set_runtime_defaults()
+
+
+@spec_app.command("check")
+def spec_check(spec: Annotated[Path, typer.Argument(help="Release spec YAML file.")]) -> None:
+    """Validate a release spec and print its budget plan, without reading any data."""
+    from safesynth.privacy.planner import plan_budget
+    from safesynth.spec import load_spec
+
+    try:
+        loaded = load_spec(spec)
+        plan = plan_budget(loaded)
+        loaded.source_format  # noqa: B018 - raises SpecError for an unknown extension
+    except SafeSynthError as exc:
+        _fail(exc)
+    out.print(f"[green]ok[/] {spec}: dataset `{loaded.dataset}`, {len(loaded.columns)} columns, "
+              f"generator {loaded.generator.kind}, {loaded.sampling.rows} rows")
+    out.print(f"   source {loaded.source_uri} -> target {loaded.target_uri}")
+    stages = ", ".join(f"{s.name} eps={s.epsilon:.4g} delta={s.delta:.2g}" for s in plan.stages)
+    out.print(f"   budget epsilon={plan.epsilon} delta={plan.delta:g} ({plan.accountant}); stages: {stages}")
+    out.print(f"   digest {loaded.digest()}")
+
+
+@app.command("release")
+def release_cmd(
+    spec: Annotated[Path, typer.Argument(help="Release spec YAML file.")],
+    release_id: Annotated[str | None, typer.Option("--release-id", help="Release id (default: dataset-time-random).")] = None,
+    engine: Annotated[str, typer.Option(help="'prefect' (the flow, default) or 'local' (no orchestration).")] = "prefect",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Run a DP synthetic release: ingest, validate, fit with DP, sample, audit, gate and publish.
+
+    Exit codes: 0 published, 2 bad spec or input, 3 blocked (audit gate or privacy budget), 1 other errors.
+    """
+    from safesynth.release import ReleaseOutcome, render_summary
+
+    try:
+        from safesynth.spec import load_spec
+
+        load_spec(spec)  # fail fast, before Prefect starts, on a bad spec
+        if engine == "local":
+            from safesynth.release import run_release
+
+            with err.status("running release (local engine)..."):
+                outcome = run_release(spec, release_id=release_id)
+        elif engine == "prefect":
+            outcome = _run_flow(spec, release_id)
+        else:
+            raise typer.BadParameter("must be 'prefect' or 'local'", param_hint="--engine")
+    except SafeSynthError as exc:
+        _fail(exc)
+    assert isinstance(outcome, ReleaseOutcome)
+    if json_out:
+        out.print_json(json.dumps({"release_id": outcome.release_id, "status": outcome.status,
+                                   "message": outcome.message, "location": outcome.location,
+                                   "privacy": outcome.privacy, "audit": outcome.audit, "gate": outcome.gate}))
+    else:
+        from rich.markdown import Markdown
+
+        out.print(Markdown(render_summary(outcome)))
+    if outcome.exit_code:
+        err.print(f"[bold red]{outcome.message}[/]", highlight=False)
+    else:
+        out.print(f"[bold green]{outcome.message}[/]", highlight=False)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _run_flow(spec: Path, release_id: str | None):  # type: ignore[no-untyped-def]
+    from safesynth.release import ReleaseOutcome
+
+    err.print("starting Prefect (embedded local API)...", style="dim")
+    from flows.release import release
+
+    state = release(str(spec), release_id, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, ReleaseOutcome):
+        return result
+    if isinstance(result, SafeSynthError):
+        raise result
+    if isinstance(result, BaseException):
+        raise SafeSynthError(f"release failed: {result.__class__.__name__}: {result}") from result
+    raise SafeSynthError(f"release ended {state.name}: {state.message}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over safesynth stage functions (retries, caching, logging, artifacts)."""
