@@ -1,0 +1,40 @@
+"""Test-wide isolation: every run gets its own SAFESYNTH_HOME, Prefect home and HF cache (nothing in $HOME)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_HOME = Path(tempfile.mkdtemp(prefix="safesynth-tests-"))
+# Set before Prefect or transformers are imported by any test module.
+os.environ["SAFESYNTH_HOME"] = str(_HOME)
+os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
+os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = "safesynth"
+os.environ["HF_HOME"] = str(_HOME / "hf")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API (SQLite) for all flow tests; starting it costs ~10 s."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def safesynth_home(tmp_path, monkeypatch) -> Path:
+    """A fresh SAFESYNTH_HOME (ledger, work directories) for one test."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SAFESYNTH_HOME", str(home))
+    return home

@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+
+from safesynth.errors import SpecError
+from safesynth.privacy.planner import plan_budget
+from safesynth.spec import load_spec
+
+ISSUE_EXAMPLE = """\
+dataset: adult                     # ledger key: the privacy budget is tracked per dataset
+source: ../shared/data/adult.csv   # local path or fsspec URL; csv, parquet or jsonl
+columns:                           # PUBLIC metadata, never derived from the private data
+  age: {type: integer, min: 17, max: 90}
+  workclass: {type: categorical, categories: [Private, Self-emp-not-inc], nullable: true}
+  income: {type: categorical, categories: ["<=50K", ">50K"]}
+  notes: {type: text, max_length: 300}          # also float, boolean, datetime
+privacy: {epsilon: 4.0, delta: 1.0e-5, lifetime_epsilon: 16.0}
+generator: {kind: marginals}       # the LLM generator adds kind: llm in its own issue
+sampling: {rows: 1000, seed: 0}
+audit: {holdout_fraction: 0.2, max_attack_auc: 0.6, target_column: income}
+publish: {target: ./releases}      # local directory or fsspec URL (s3://...)
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_issue_example_loads_with_paths_relative_to_the_spec_file(tmp_path):
+    spec = load_spec(write(tmp_path, ISSUE_EXAMPLE))
+    assert spec.dataset == "adult"
+    assert spec.source_uri == str((tmp_path / "../shared/data/adult.csv").resolve())
+    assert spec.target_uri == str((tmp_path / "releases").resolve())
+    assert spec.source_format == "csv"
+    assert spec.columns["workclass"].nullable
+    assert plan_budget(spec).stage("generator").epsilon == 4.0
+
+
+def test_unknown_key_names_the_key_path_and_file(tmp_path):
+    path = write(tmp_path, ISSUE_EXAMPLE.replace("min: 17", "minimum: 17"))
+    with pytest.raises(SpecError) as exc:
+        load_spec(path)
+    msg = str(exc.value)
+    assert str(path) in msg and "`columns.age.minimum`: unknown key" in msg
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key"),
+    [
+        ("epsilon: 4.0", "epsilon: -1", "privacy.epsilon"),
+        ("min: 17, max: 90", "min: 90, max: 17", "columns.age"),
+        ("type: integer", "type: int", "columns.age"),
+        ("target_column: income", "target_column: salary", "<root>"),
+        ("lifetime_epsilon: 16.0", "lifetime_epsilon: 1.0", "privacy"),
+        ("max_attack_auc: 0.6", "max_attack_auc: 1.5", "audit.max_attack_auc"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key(tmp_path, old, new, key):
+    with pytest.raises(SpecError, match=f"`{key}"):
+        load_spec(write(tmp_path, ISSUE_EXAMPLE.replace(old, new)))
+
+
+def test_undeclared_domain_without_discovery_budget_is_rejected(tmp_path):
+    text = ISSUE_EXAMPLE.replace("categories: [Private, Self-emp-not-inc], ", "")
+    with pytest.raises(SpecError, match="no declared domain.*privacy.allocation.discovery"):
+        load_spec(write(tmp_path, text))
+    ok = text.replace("lifetime_epsilon: 16.0}", "lifetime_epsilon: 16.0, allocation: {discovery: 0.1}}")
+    plan = plan_budget(load_spec(write(tmp_path, ok)))
+    assert plan.stage("discovery").epsilon == pytest.approx(0.4)
+    assert plan.stage("generator").epsilon == pytest.approx(3.6)
+
+
+def test_missing_file_and_bad_yaml_are_one_line_spec_errors(tmp_path):
+    with pytest.raises(SpecError, match="spec file not found"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="not valid YAML at line 3"):
+        load_spec(write(tmp_path, "dataset: a\ncolumns: [\n"))
+
+
+def test_digest_is_stable_and_tracks_content(tmp_path):
+    a = load_spec(write(tmp_path, ISSUE_EXAMPLE)).digest()
+    assert a == load_spec(write(tmp_path, ISSUE_EXAMPLE)).digest()
+    assert a != load_spec(write(tmp_path, ISSUE_EXAMPLE.replace("rows: 1000", "rows: 1001"))).digest()
+
+
+def test_spec_is_frozen(tmp_path):
+    spec = load_spec(write(tmp_path, ISSUE_EXAMPLE))
+    with pytest.raises(Exception, match="frozen"):
+        spec.dataset = "other"  # type: ignore[misc]
