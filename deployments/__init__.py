@@ -1,0 +1,1 @@
+"""Prefect deployment definitions (schedules, parameters, work pools) for the release flow."""
