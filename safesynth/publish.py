@@ -7,9 +7,10 @@ Atomicity:
   * local filesystem: the files and the manifest are written to a hidden staging directory beside the
     final one and moved into place with one ``rename``, which is atomic on POSIX; a crash leaves at most
     a ``.staging-*`` directory, which the next publish removes.
-  * object stores (s3://, gs://, memory://...): the data files are uploaded first (each a whole object),
-    the manifest last; for S3 the manifest PUT is conditional (``If-None-Match: *``) so two publishers
-    racing on one release id cannot both win.
+  * object stores (s3://, gs://, memory://...): the data files are uploaded first (each a whole object,
+    under a name unique to this attempt), the manifest last; for S3 the manifest PUT is conditional
+    (``If-None-Match: *``) so of two publishers racing on one release id exactly one wins, and the loser
+    removes its own parts.
 Publishing a release id that already has a manifest is refused; publishing an identical manifest again is
 a no-op (idempotent re-runs of a scheduled job).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -85,16 +87,15 @@ def publish_release(
     existing = find_published(target, dataset, release_id, storage_options)
     final = _join(target, dataset, release_id)
     if existing is not None:
-        if existing == manifest:
+        if _same_release(existing, manifest):
             return PublishedRelease(location=final, manifest=_join(final, MANIFEST),
                                     files=tuple(f["path"] for f in manifest["files"]), already_published=True)
         raise PublishError(f"release `{release_id}` is already published at {final}; "
                            "choose a new --release-id (published releases are immutable)")
-    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     if _is_local(target):
-        _publish_local(files, body, _local_path(target) / dataset, release_id)
+        _publish_local(files, _dumps(manifest), _local_path(target) / dataset, release_id)
     else:
-        _publish_remote(files, body, final, storage_options or {})
+        _publish_remote(files, manifest, final, storage_options or {})
     return PublishedRelease(location=final, manifest=_join(final, MANIFEST), files=tuple(p.name for p in files))
 
 
@@ -120,24 +121,47 @@ def _publish_local(files: list[Path], body: bytes, parent: Path, release_id: str
         raise PublishError(f"cannot publish to {final}: {exc.strerror or exc}") from exc
 
 
-def _publish_remote(files: list[Path], body: bytes, final: str, storage_options: dict[str, Any]) -> None:
+def _publish_remote(files: list[Path], manifest: dict[str, Any], final: str,
+                    storage_options: dict[str, Any]) -> None:
+    """Upload parts under attempt-unique keys, then the manifest that names them (conditional on S3).
+
+    Two publishers racing on one release id never overwrite each other's parts; the loser of the
+    manifest PUT deletes its own parts.
+    """
     fs, root = fsspec.core.url_to_fs(final, **storage_options)
+    attempt = uuid.uuid4().hex[:12]
+    renamed = {p.name: f"{p.stem}-{attempt}{p.suffix}" for p in files}
+    body = _dumps({**manifest, "files": [{**f, "path": renamed.get(f["path"], f["path"])}
+                                         for f in manifest.get("files", [])]})
     uploaded: list[str] = []
     try:
         for path in files:
-            dest = f"{root}/{path.name}"
+            dest = f"{root}/{renamed[path.name]}"
             fs.put_file(str(path), dest)
             uploaded.append(dest)
         _put_manifest(fs, f"{root}/{MANIFEST}", body)
-    except PublishError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any backend error becomes one actionable line
+    except Exception as exc:
         for dest in uploaded:
             try:
                 fs.rm_file(dest)
-            except Exception:  # noqa: BLE001, S110 - best-effort cleanup; the manifest was never written
+            except Exception:  # noqa: BLE001, S110 - best-effort cleanup; our manifest was never written
                 pass
+        if isinstance(exc, PublishError):
+            raise
         raise PublishError(f"cannot publish to {final}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def _dumps(manifest: dict[str, Any]) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+
+def _same_release(existing: dict[str, Any], manifest: dict[str, Any]) -> bool:
+    """Equal up to the attempt suffix that remote publishing adds to part names."""
+    def norm(m: dict[str, Any]) -> dict[str, Any]:
+        files = [{**f, "path": re.sub(r"-[0-9a-f]{12}(\.[^.]+)$", r"\1", f.get("path", ""))}
+                 for f in m.get("files", [])]
+        return {**m, "files": files}
+    return norm(existing) == norm(manifest)
 
 
 def _put_manifest(fs: Any, path: str, body: bytes) -> None:
@@ -145,15 +169,13 @@ def _put_manifest(fs: Any, path: str, body: bytes) -> None:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("s3", "s3a"):
         bucket, key = path.split("/", 1)
-        client_call = getattr(fs, "call_s3", None)
         try:
-            from fsspec.asyn import sync
-
-            sync(fs.loop, client_call, "put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         except Exception as exc:  # noqa: BLE001
             if "PreconditionFailed" in str(exc) or "412" in str(exc):
                 raise PublishError(f"another publisher won the race for {path}; this release was not published") from exc
             raise
+        fs.invalidate_cache(path)
         return
     if fs.exists(path):
         raise PublishError(f"{path} appeared while publishing; this release was not published")

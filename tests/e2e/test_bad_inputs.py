@@ -1,0 +1,107 @@
+"""Bad input through the CLI: one line naming file/column/rule/count, exit code 2, nothing published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+SECRET = "SECRET_9137"
+
+
+def demo_spec(tmp_path: Path, source: Path, **changes) -> Path:
+    data = yaml.safe_load((REPO / "data" / "demo.yaml").read_text())
+    data["source"] = str(source)
+    data["publish"] = {"target": str(tmp_path / "releases")}
+    data.update(changes)
+    out = tmp_path / "spec.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def demo_rows(n: int = 300) -> pd.DataFrame:
+    return pd.read_csv(REPO / "data" / "demo.csv", dtype=str, keep_default_na=False, nrows=n)
+
+
+def first_column(kind: str) -> str:
+    cols = yaml.safe_load((REPO / "data" / "demo.yaml").read_text())["columns"]
+    return next(name for name, c in cols.items() if c["type"] == kind)
+
+
+def run(spec: Path):
+    result = CliRunner().invoke(app, ["release", str(spec), "--engine", "local"], catch_exceptions=False)
+    return result, result.output.strip()
+
+
+def assert_rejected(tmp_path: Path, result, output: str, *needles: str) -> None:
+    assert result.exit_code == 2, output
+    assert output.startswith("error:"), output
+    assert len(output.splitlines()) <= 3, output  # one line (rich may wrap long lines)
+    for needle in needles:
+        assert needle in output, (needle, output)
+    assert SECRET not in output
+    assert not (tmp_path / "releases").exists()
+
+
+def test_malformed_csv(tmp_path, safesynth_home):
+    src = tmp_path / "bad.csv"
+    text = (REPO / "data" / "demo.csv").read_text().splitlines()[:50]
+    text[10] = text[10] + f',"{SECRET},extra'
+    src.write_text("\n".join(text) + "\n")
+    result, out = run(demo_spec(tmp_path, src))
+    assert_rejected(tmp_path, result, out, "bad.csv")
+
+
+def test_missing_column(tmp_path, safesynth_home):
+    col = first_column("categorical")
+    src = tmp_path / "missing.csv"
+    demo_rows().drop(columns=[col]).to_csv(src, index=False)
+    result, out = run(demo_spec(tmp_path, src))
+    assert_rejected(tmp_path, result, out, col, "missing")
+
+
+def test_out_of_range_values(tmp_path, safesynth_home):
+    col = first_column("integer")
+    frame = demo_rows()
+    frame.loc[[3, 7, 9], col] = "100000"
+    src = tmp_path / "range.csv"
+    frame.to_csv(src, index=False)
+    result, out = run(demo_spec(tmp_path, src))
+    assert_rejected(tmp_path, result, out, col, "3 rows")
+
+
+def test_wrong_types(tmp_path, safesynth_home):
+    col = first_column("integer")
+    frame = demo_rows()
+    frame.loc[[1, 2], col] = SECRET
+    src = tmp_path / "types.csv"
+    frame.to_csv(src, index=False)
+    result, out = run(demo_spec(tmp_path, src))
+    assert_rejected(tmp_path, result, out, col, "2 rows")
+
+
+def test_unknown_spec_key(tmp_path, safesynth_home):
+    src = tmp_path / "ok.csv"
+    demo_rows().to_csv(src, index=False)
+    spec = demo_spec(tmp_path, src, colour="blue")
+    result, out = run(spec)
+    assert_rejected(tmp_path, result, out, str(spec), "`colour`: unknown key")
+
+
+def test_unreadable_source(tmp_path, safesynth_home):
+    result, out = run(demo_spec(tmp_path, tmp_path / "nowhere.csv"))
+    assert_rejected(tmp_path, result, out, "nowhere.csv")
+
+
+def test_spec_check_reads_no_data(tmp_path):
+    spec = demo_spec(tmp_path, tmp_path / "nowhere.csv")
+    result = CliRunner().invoke(app, ["spec", "check", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output

@@ -1,0 +1,118 @@
+"""End to end: the Prefect release flow and the CLI on the demo data and on Adult rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from safesynth.output import read_release_metadata
+from safesynth.spec import load_spec
+from tests.conftest import REPO, SHARED_DATA
+from tests.helpers import rows_valid
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def spec_copy(tmp_path: Path, base: Path, **changes) -> Path:
+    """The spec at ``base`` with an absolute source, a target in tmp_path, and ``changes`` merged in."""
+    data = yaml.safe_load(base.read_text())
+    data["source"] = str((base.parent / data["source"]).resolve())
+    data["publish"] = {**data.get("publish", {}), "target": str(tmp_path / "releases")}
+    for key, value in changes.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and key in data else value
+    out = tmp_path / "spec.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def published_files(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "releases"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def check_release(tmp_path: Path, spec_path: Path, release_id: str) -> dict:
+    spec = load_spec(spec_path)
+    final = tmp_path / "releases" / spec.dataset / release_id
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["release_id"] == release_id and manifest["gate"]["passed"]
+    assert manifest["privacy"]["epsilon"] <= spec.privacy.epsilon
+    assert manifest["privacy"]["secure_noise"] is True
+    parts = sorted(final.glob("part-*.parquet"))
+    assert [f["path"] for f in manifest["files"]] == [p.name for p in parts]
+    schema = pq.read_schema(parts[0])
+    assert schema.names == list(spec.columns)
+    meta = read_release_metadata(parts[0])
+    assert meta["dataset"] == spec.dataset and meta["release_id"] == release_id
+    assert meta["spec_digest"] == spec.digest() == manifest["spec_digest"]
+    assert float(meta["epsilon"]) <= spec.privacy.epsilon and float(meta["delta"]) == spec.privacy.delta
+    assert {"generator", "version", "created_at", "accountant"} <= set(meta)
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    assert len(frame) == spec.sampling.rows
+    assert rows_valid(frame, spec)  # 100% of rows satisfy the declared schema
+    return manifest
+
+
+def test_flow_publishes_the_demo_release(tmp_path, safesynth_home, prefect_harness):
+    spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml")
+    result = run_cli("release", str(spec), "--release-id", "demo-e2e")
+    assert result.exit_code == 0, result.output
+    assert "published" in result.output
+    manifest = check_release(tmp_path, spec, "demo-e2e")
+    assert "element_count" not in json.dumps(manifest["validation"])  # no private row counts
+    # Same release id again: idempotent, nothing spent, nothing rewritten.
+    before = {p: p.read_bytes() for p in published_files(tmp_path)}
+    again = run_cli("release", str(spec), "--release-id", "demo-e2e")
+    assert again.exit_code == 0 and "already published" in again.output
+    assert {p: p.read_bytes() for p in published_files(tmp_path)} == before
+
+
+def test_flow_on_adult_rows(tmp_path, safesynth_home, prefect_harness):
+    rows = pd.read_csv(SHARED_DATA / "adult.csv", nrows=4000, dtype=str, keep_default_na=False)
+    source = tmp_path / "adult_4000.csv"
+    rows.to_csv(source, index=False)
+    spec = spec_copy(tmp_path, REPO / "data" / "adult.yaml", source=str(source),
+                     sampling={"rows": 3000, "seed": 1})
+    result = run_cli("release", str(spec), "--release-id", "adult-e2e")
+    assert result.exit_code == 0, result.output
+    check_release(tmp_path, spec, "adult-e2e")
+
+
+def test_gate_blocks_with_exit_code_3_and_publishes_nothing(tmp_path, safesynth_home, prefect_harness):
+    from flows.release import release
+
+    spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", audit={"max_attack_auc": 0.5})
+    result = run_cli("release", str(spec), "--release-id", "demo-blocked")
+    assert result.exit_code == 3, result.output
+    assert "membership-auc" in result.output and "> threshold 0.500" in result.output
+    assert published_files(tmp_path) == []
+    state = release(str(spec), "demo-blocked-2", return_state=True)
+    assert state.is_failed() and "membership-auc" in state.message
+    assert published_files(tmp_path) == []
+    # The blocked releases still spent their budget (data was read).
+    show = run_cli("budget", "show", load_spec(spec).dataset, "--json")
+    assert show.exit_code == 0, show.output
+    assert "blocked" in show.output
+
+
+def test_exhausted_budget_blocks_before_reading_the_source(tmp_path, safesynth_home):
+    spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", privacy={"epsilon": 4.0, "lifetime_epsilon": 6.0})
+    first = run_cli("release", str(spec), "--engine", "local", "--release-id", "r1")
+    assert first.exit_code == 0, first.output
+    data = yaml.safe_load(spec.read_text())
+    data["source"] = str(tmp_path / "does-not-exist.csv")  # proves the data is not read first
+    spec.write_text(yaml.safe_dump(data))
+    second = run_cli("release", str(spec), "--engine", "local", "--release-id", "r2")
+    assert second.exit_code == 3, second.output
+    assert "budget" in second.output and "remains" in second.output
+    assert [p.parent.name for p in published_files(tmp_path) if p.name == "manifest.json"] == ["r1"]
