@@ -80,7 +80,15 @@ def main_callback(
                                           help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Only our logger: Prefect configures its own handlers (task names, run ids) and must keep them.
+    ours = logging.getLogger("safesynth")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | safesynth - %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+    ours.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("great_expectations", "httpx"):  # chatty at INFO; keep their warnings
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     set_runtime_defaults()
 
 
@@ -152,6 +160,8 @@ def _run_flow(spec: Path, release_id: str | None):  # type: ignore[no-untyped-de
     from safesynth.release import ReleaseOutcome
 
     err.print("starting Prefect (embedded local API)...", style="dim")
+    # Prefect attaches its own console and API handlers to the `safesynth` logger (extra loggers).
+    logging.getLogger("safesynth").handlers.clear()
     from flows.release import release
 
     state = release(str(spec), release_id, return_state=True)

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed
 
+from safesynth.errors import SafeSynthError
 from safesynth.release import ReleaseOutcome, _outcome, render_summary
 from tasks import release as t
 
@@ -61,6 +62,10 @@ def release(spec_path: str, release_id: str | None = None) -> Any:
         _artifact(outcome)
         logger.info(outcome.message)
         return Completed(message=outcome.message, data=outcome)
+    except SafeSynthError as exc:
+        _artifact(ReleaseOutcome(release_id=ctx.release_id, dataset=ctx.spec.dataset, status="failed",
+                                 message=str(exc), exit_code=exc.exit_code))
+        raise
     finally:
         try:
             t.settle(ctx, reservation, status)

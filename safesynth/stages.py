@@ -118,6 +118,8 @@ def reserve_budget(ctx: RunContext) -> Any:
         lifetime_delta=spec.privacy.effective_lifetime_delta, accountant=plan.accountant,
     )
     ctx.path("plan.json").write_text(json.dumps(plan.to_dict()))
+    log.info("reserved epsilon %.4g, delta %.3g for dataset %s (stages: %s)", plan.epsilon, plan.delta,
+             spec.dataset, ", ".join(s.name for s in plan.stages))
     return reservation
 
 
@@ -129,8 +131,10 @@ def settle(ctx: RunContext, reservation: Any, *, status: str) -> None:
     spends = load_account(ctx).spends if ctx.path("account.json").exists() else None
     if not ctx.path("data_read").exists():
         ledger.cancel(reservation)
+        log.info("no data was read: budget reservation released")
         return
     ledger.commit(reservation, status=status, spends=spends or None)
+    log.info("ledger: release %s recorded as %s", ctx.release_id, status)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -138,13 +142,14 @@ def settle(ctx: RunContext, reservation: Any, *, status: str) -> None:
 
 def ingest(ctx: RunContext, reservation: Any) -> Path:
     """Read the source into the private work directory (columns as read, not yet validated)."""
-    from safesynth.io import read_source
+    from safesynth.io import read_source, source_display
     from safesynth.privacy.ledger import Ledger
 
     spec = ctx.spec
     # Mark before reading: from here on a crash counts as spent (no refund once data was touched).
     Ledger.open(spec.ledger.url).mark_data_read(reservation)
     ctx.path("data_read").touch()
+    log.info("reading %s source %s", spec.source_format, source_display(spec))
     raw = read_source(spec)
     out = ctx.path("raw.parquet")
     raw.to_parquet(out, index=False)
@@ -163,6 +168,7 @@ def validate(ctx: RunContext, raw_path: Path) -> tuple[Path, dict[str, Any]]:
     raw_path.unlink(missing_ok=True)
     summary_dict = summary.to_dict()
     ctx.path("validation.json").write_text(json.dumps(summary_dict))
+    log.info("validation passed: %s checks of suite %s", summary.evaluated, summary.suite)
     return out, summary_dict
 
 
@@ -176,6 +182,7 @@ def split(ctx: RunContext, clean_path: Path) -> tuple[Path, Path]:
     frame[~is_holdout].to_parquet(train, index=False)
     frame[is_holdout].to_parquet(holdout, index=False)
     clean_path.unlink(missing_ok=True)
+    log.info("split off a %.0f%% audit holdout (never used for fitting)", 100 * spec.audit.holdout_fraction)
     return train, holdout
 
 
@@ -201,6 +208,8 @@ def fit(ctx: RunContext, train_path: Path, *, noise: NoiseSource | None = None) 
         save_account(ctx, account)  # whatever was spent before a failure stays recorded
     model_dir = ctx.path("model")
     model.save(model_dir)
+    log.info("fitted %s generator with DP: epsilon %.4g (%s), delta %.3g", spec.generator.kind, account.epsilon,
+             account.accountant, account.delta)
     if account.epsilon > spec.privacy.epsilon * (1 + 1e-9) or account.basic_delta > spec.privacy.delta * (1 + 1e-9):
         raise PrivacyError(
             f"the generator spent epsilon {account.epsilon:.6g}, delta {account.basic_delta:.3g}; "
@@ -232,6 +241,7 @@ def sample(ctx: RunContext, model_dir: Path) -> Path:
     frames = [model.sample(rows, seed=seed) for _, rows, seed in shard_plan(spec)]
     out = ctx.path("synthetic.parquet")
     pd.concat(frames, ignore_index=True).to_parquet(out, index=False)
+    log.info("sampled %d rows in %d shards", spec.sampling.rows, len(frames))
     return out
 
 
@@ -281,12 +291,15 @@ def audit(ctx: RunContext, synthetic_path: Path, train_path: Path, holdout_path:
         spec=spec, low_fpr=spec.audit.low_fpr, max_rows=spec.audit.max_audit_rows, seed=spec.sampling.seed,
     )
     ctx.path("audit.json").write_text(json.dumps(result.to_dict()))
+    log.info("membership attack (%s): AUC %.3f, 95%% upper bound %.3f", result.attack, result.auc, result.auc_upper)
     return result
 
 
 def gate(ctx: RunContext, attack: AttackResult | None) -> GateDecision:
     decision = evaluate_gates(ctx.spec.audit, attack)
     ctx.path("gate.json").write_text(json.dumps(decision.to_dict()))
+    for g in decision.gates:
+        (log.info if g.passed else log.warning)("gate %s", g.reason)
     return decision
 
 
