@@ -54,6 +54,7 @@ def set_runtime_defaults() -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "safesynth",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # the local engine logs outside flow runs
         "HF_HOME": str(home / "hf"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -82,10 +83,12 @@ def main_callback(
 ) -> None:
     # Only our logger: Prefect configures its own handlers (task names, run ids) and must keep them.
     ours = logging.getLogger("safesynth")
-    if not ours.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | safesynth - %(message)s", "%H:%M:%S"))
-        ours.addHandler(handler)
+    for old in [h for h in ours.handlers if getattr(h, "_safesynth_cli", False)]:
+        ours.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)  # the current stderr (tests swap it per invocation)
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | safesynth - %(message)s", "%H:%M:%S"))
+    handler._safesynth_cli = True  # type: ignore[attr-defined]
+    ours.addHandler(handler)
     ours.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("great_expectations", "httpx"):  # chatty at INFO; keep their warnings
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)

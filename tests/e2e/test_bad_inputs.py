@@ -42,11 +42,12 @@ def run(spec: Path):
 
 def assert_rejected(tmp_path: Path, result, output: str, *needles: str) -> None:
     assert result.exit_code == 2, output
-    assert output.startswith("error:"), output
-    assert len(output.splitlines()) <= 3, output  # one line (rich may wrap long lines)
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output  # exactly one actionable line (the rest are progress logs)
+    assert "Traceback" not in output
     for needle in needles:
-        assert needle in output, (needle, output)
-    assert SECRET not in output
+        assert needle in errors[0], (needle, output)
+    assert SECRET not in output  # not in the error, not in the logs
     assert not (tmp_path / "releases").exists()
 
 

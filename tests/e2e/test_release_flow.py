@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +36,20 @@ def spec_copy(tmp_path: Path, base: Path, **changes) -> Path:
 
 
 def run_cli(*args: str):
+    """In-process CLI; only for the local engine (Prefect's log handlers outlive CliRunner's streams)."""
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def run_cli_process(*args: str) -> subprocess.CompletedProcess:
+    """The installed `safesynth` command in a real process, as a user runs it."""
+    exe = Path(sys.executable).with_name("safesynth")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, env=os.environ.copy())
+
+
+def run_flow(spec: Path, release_id: str):
+    from flows.release import release
+
+    return release(str(spec), release_id, return_state=True)
 
 
 def published_files(tmp_path: Path) -> list[Path]:
@@ -65,15 +81,16 @@ def check_release(tmp_path: Path, spec_path: Path, release_id: str) -> dict:
 
 def test_flow_publishes_the_demo_release(tmp_path, safesynth_home, prefect_harness):
     spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml")
-    result = run_cli("release", str(spec), "--release-id", "demo-e2e")
-    assert result.exit_code == 0, result.output
-    assert "published" in result.output
+    state = run_flow(spec, "demo-e2e")
+    assert state.is_completed(), state.message
+    outcome = state.result()
+    assert outcome.status == "published" and outcome.exit_code == 0
     manifest = check_release(tmp_path, spec, "demo-e2e")
     assert "element_count" not in json.dumps(manifest["validation"])  # no private row counts
     # Same release id again: idempotent, nothing spent, nothing rewritten.
     before = {p: p.read_bytes() for p in published_files(tmp_path)}
-    again = run_cli("release", str(spec), "--release-id", "demo-e2e")
-    assert again.exit_code == 0 and "already published" in again.output
+    again = run_flow(spec, "demo-e2e")
+    assert again.is_completed() and again.result().status == "already_published"
     assert {p: p.read_bytes() for p in published_files(tmp_path)} == before
 
 
@@ -83,21 +100,21 @@ def test_flow_on_adult_rows(tmp_path, safesynth_home, prefect_harness):
     rows.to_csv(source, index=False)
     spec = spec_copy(tmp_path, REPO / "data" / "adult.yaml", source=str(source),
                      sampling={"rows": 3000, "seed": 1})
-    result = run_cli("release", str(spec), "--release-id", "adult-e2e")
-    assert result.exit_code == 0, result.output
+    state = run_flow(spec, "adult-e2e")
+    assert state.is_completed(), state.message
     check_release(tmp_path, spec, "adult-e2e")
 
 
 def test_gate_blocks_with_exit_code_3_and_publishes_nothing(tmp_path, safesynth_home, prefect_harness):
-    from flows.release import release
-
     spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", audit={"max_attack_auc": 0.5})
-    result = run_cli("release", str(spec), "--release-id", "demo-blocked")
-    assert result.exit_code == 3, result.output
-    assert "membership-auc" in result.output and "> threshold 0.500" in result.output
+    state = run_flow(spec, "demo-blocked")
+    assert state.is_failed() and "membership-auc" in state.message and "> threshold 0.500" in state.message
     assert published_files(tmp_path) == []
-    state = release(str(spec), "demo-blocked-2", return_state=True)
-    assert state.is_failed() and "membership-auc" in state.message
+    # The command a user runs: the Prefect flow in its own process, exit code 3.
+    proc = run_cli_process("release", str(spec), "--release-id", "demo-blocked-cli")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "membership-auc" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
     assert published_files(tmp_path) == []
     # The blocked releases still spent their budget (data was read).
     show = run_cli("budget", "show", load_spec(spec).dataset, "--json")
