@@ -31,7 +31,7 @@ from safesynth.audit import AttackResult, GateDecision, dcr_attack, evaluate_gat
 from safesynth.errors import GateFailedError, PrivacyError
 from safesynth.generator import get_backend
 from safesynth.output import write_parquet
-from safesynth.privacy.accountant import ReleaseAccount, StageSpend, event_from_dict
+from safesynth.privacy.accountant import ReleaseAccount, StageSpend
 from safesynth.privacy.noise import NoiseSource, default_noise
 from safesynth.privacy.planner import plan_budget
 from safesynth.publish import PublishedRelease, build_manifest_files, find_published, publish_release
@@ -111,12 +111,16 @@ def reserve_budget(ctx: RunContext) -> Any:
 
     spec = ctx.spec
     plan = plan_budget(spec)
-    ledger = Ledger.open(spec.ledger.url)
-    reservation = ledger.reserve(
-        dataset=spec.dataset, release_id=ctx.release_id, spec_digest=spec.digest(),
-        epsilon=plan.epsilon, delta=plan.delta, lifetime_epsilon=spec.privacy.lifetime_epsilon,
-        lifetime_delta=spec.privacy.effective_lifetime_delta, accountant=plan.accountant,
-    )
+    if plan.has("discovery"):
+        from safesynth.privacy.discovery import check_discovery
+
+        check_discovery(spec, plan.stage("discovery"))
+    with Ledger.for_spec(spec) as ledger:
+        reservation = ledger.reserve(
+            dataset=spec.dataset, release_id=ctx.release_id, spec_digest=spec.digest(),
+            epsilon=plan.epsilon, delta=plan.delta, lifetime_epsilon=spec.privacy.lifetime_epsilon,
+            lifetime_delta=spec.privacy.effective_lifetime_delta, accountant=plan.accountant,
+        )
     ctx.path("plan.json").write_text(json.dumps(plan.to_dict()))
     log.info("reserved epsilon %.4g, delta %.3g for dataset %s (stages: %s)", plan.epsilon, plan.delta,
              spec.dataset, ", ".join(s.name for s in plan.stages))
@@ -127,13 +131,13 @@ def settle(ctx: RunContext, reservation: Any, *, status: str) -> None:
     """Close the reservation: refund if no data was read, otherwise record the spend (no refunds)."""
     from safesynth.privacy.ledger import Ledger
 
-    ledger = Ledger.open(ctx.spec.ledger.url)
     spends = load_account(ctx).spends if ctx.path("account.json").exists() else None
-    if not ctx.path("data_read").exists():
-        ledger.cancel(reservation)
-        log.info("no data was read: budget reservation released")
-        return
-    ledger.commit(reservation, status=status, spends=spends or None)
+    with Ledger.for_spec(ctx.spec) as ledger:
+        if not ctx.path("data_read").exists():
+            ledger.cancel(reservation)
+            log.info("no data was read: budget reservation released")
+            return
+        ledger.commit(reservation, status=status, spends=spends or None)
     log.info("ledger: release %s recorded as %s", ctx.release_id, status)
 
 
@@ -147,7 +151,8 @@ def ingest(ctx: RunContext, reservation: Any) -> Path:
 
     spec = ctx.spec
     # Mark before reading: from here on a crash counts as spent (no refund once data was touched).
-    Ledger.open(spec.ledger.url).mark_data_read(reservation)
+    with Ledger.for_spec(spec) as ledger:
+        ledger.mark_data_read(reservation)
     ctx.path("data_read").touch()
     log.info("reading %s source %s", spec.source_format, source_display(spec))
     raw = read_source(spec)
@@ -257,9 +262,7 @@ def load_account(ctx: RunContext) -> ReleaseAccount:
     data = json.loads(ctx.path("account.json").read_text())
     account = ReleaseAccount(delta=data["delta"], accountant=data["accountant"])
     for s in data["spends"]:
-        account.add(StageSpend(stage=s["stage"], event=event_from_dict(s["event"]), epsilon=s["epsilon"],
-                               delta=s["delta"], mechanism=s["mechanism"], secure_noise=s["secure_noise"],
-                               detail=s.get("detail", {})))
+        account.add(StageSpend.from_dict(s))
     return account
 
 
@@ -271,7 +274,7 @@ def write_output(ctx: RunContext, synthetic_path: Path) -> list[Path]:
     per = spec.publish.rows_per_file
     chunks = [frame.iloc[i : i + per] for i in range(0, len(frame), per)] or [frame]
     metadata = {
-        "dataset": spec.dataset, "release_id": ctx.release_id, "spec_digest": spec.digest(),
+        "dataset": spec.dataset, "release_id": ctx.release_id, "spec_digest": ctx.spec.digest(),
         "epsilon": repr(summary["epsilon"]), "delta": repr(summary["delta"]), "accountant": summary["accountant"],
         "generator": spec.generator.kind, "version": safesynth.__version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -316,7 +319,7 @@ def build_manifest(ctx: RunContext, files: list[Path], decision: GateDecision) -
         "release_id": ctx.release_id,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "safesynth_version": safesynth.__version__,
-        "spec_digest": spec.digest(),
+        "spec_digest": ctx.spec.digest(),  # the spec as written; discovered domains are in "schema"
         "generator": spec.generator.model_dump(mode="json"),
         "rows": spec.sampling.rows,
         "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],

@@ -10,6 +10,17 @@ Reported epsilon: the minimum of two valid bounds at the release's delta,
 Both are upper bounds on the true privacy loss, so their minimum is too. The manifest records both
 accountants' figures and the basic sum.
 
+Pure epsilon-DP events that no `dp_accounting` event models exactly (the *discrete* Laplace mechanism,
+whose privacy loss is +-epsilon like randomized response, and any release known only by its epsilon) are
+`DiscreteLaplaceDpEvent`s. The PLD accountant supports them natively; for RDP we add the Renyi divergence
+of binary randomized response at epsilon, which is the largest of any epsilon-DP mechanism at every
+order (every epsilon-DP pair is a post-processing of it, Kairouz-Oh-Viswanath 2015), so it is sound.
+
+A stage may also carry ``extra_delta``: the probability of a bad event its event does not model (a
+threshold revealing a key seen once, Rogers 2023). Conditioned on the good events the composition is the
+composition of the events, so the release is (epsilon(delta - sum extra_delta), delta)-DP: the accountant is
+asked for epsilon at the release's delta minus the extra deltas.
+
 Imports no torch: accounting stays fast to import and to test.
 """
 
@@ -20,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
@@ -31,6 +43,8 @@ __all__ = [
     "compose_epsilon",
     "event_from_dict",
     "event_to_dict",
+    "pure_dp_event",
+    "pure_dp_rdp",
 ]
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -46,6 +60,49 @@ def _make(accountant: str):  # type: ignore[no-untyped-def]
     raise ValueError(f"`accountant` ({accountant!r}) must be one of {ACCOUNTANTS}")
 
 
+def pure_dp_rdp(epsilon: float, orders: np.ndarray) -> np.ndarray:
+    """Renyi divergence of binary randomized response at ``epsilon``: the RDP of any epsilon-DP pair.
+
+    ``D_a = log(q e^(a eps) + p e^(-a eps)) / (a - 1)`` with ``p = e^eps / (1 + e^eps)``, ``q = 1 - p``.
+    """
+    orders = np.asarray(orders, dtype=np.float64)
+    if epsilon == 0:
+        return np.zeros_like(orders)
+    log_p = -math.log1p(math.exp(-epsilon))
+    log_q = -math.log1p(math.exp(epsilon)) if epsilon < 700 else -epsilon
+    both = np.stack([log_q + orders * epsilon, log_p - orders * epsilon])
+    top = both.max(axis=0)
+    rdp: np.ndarray = (top + np.log(np.exp(both - top).sum(axis=0))) / (orders - 1.0)
+    return rdp
+
+
+def pure_dp_event(epsilon: float) -> dp_event.DpEvent:
+    """An event for a release known only to be epsilon-DP (its worst case: randomized response)."""
+    if not epsilon >= 0 or not math.isfinite(epsilon):
+        raise ValueError(f"`epsilon` ({epsilon}) must be finite and >= 0")
+    if epsilon == 0:
+        return dp_event.NoOpDpEvent()
+    return dp_event.DiscreteLaplaceDpEvent(noise_parameter=float(epsilon), sensitivity=1)
+
+
+def _split_pure(event: dp_event.DpEvent, orders: np.ndarray) -> tuple[dp_event.DpEvent | None, np.ndarray]:
+    """Separate discrete-Laplace (pure DP) parts, which the RDP accountant lacks, into an RDP curve."""
+    if isinstance(event, dp_event.DiscreteLaplaceDpEvent):
+        return None, pure_dp_rdp(event.noise_parameter * event.sensitivity, orders)
+    if isinstance(event, dp_event.ComposedDpEvent):
+        native, curve = [], np.zeros_like(orders, dtype=np.float64)
+        for child in event.events:
+            sub, extra = _split_pure(child, orders)
+            if sub is not None:
+                native.append(sub)
+            curve = curve + extra
+        return (dp_event.ComposedDpEvent(native) if native else None), curve
+    if isinstance(event, dp_event.SelfComposedDpEvent):
+        sub, extra = _split_pure(event.event, orders)
+        return (dp_event.SelfComposedDpEvent(sub, event.count) if sub is not None else None), event.count * extra
+    return event, np.zeros_like(orders, dtype=np.float64)
+
+
 def compose_epsilon(events: Sequence[dp_event.DpEvent], *, delta: float, accountant: str = "rdp") -> float:
     """Epsilon at ``delta`` of the composition of ``events`` under ``accountant``.
 
@@ -56,6 +113,14 @@ def compose_epsilon(events: Sequence[dp_event.DpEvent], *, delta: float, account
         return 0.0
     acc = _make(accountant)
     composed = dp_event.ComposedDpEvent(list(events))
+    if accountant == "rdp":
+        native, pure_curve = _split_pure(composed, acc.orders)
+        if native is not None:
+            if not acc.supports(native):
+                raise ValueError(f"the {accountant} accountant does not support {native}")
+            acc.compose(native)
+        rdp = acc.rdp + pure_curve
+        return float(rdp_privacy_accountant.compute_epsilon(acc.orders, rdp, delta)[0])
     if not acc.supports(composed):
         raise ValueError(f"the {accountant} accountant does not support {composed}")
     acc.compose(composed)
@@ -104,7 +169,12 @@ def calibrate_noise_multiplier(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StageSpend:
-    """What one stage spent: its event, its own bound, and how its noise was drawn."""
+    """What one stage spent: its event, its own bound, and how its noise was drawn.
+
+    ``delta`` is the stage's own total delta (basic composition). ``extra_delta`` (<= ``delta``) is the
+    part of it that ``event`` does not model (e.g. a threshold's chance of revealing a rare key); the
+    accountant adds it on top instead of converting it.
+    """
 
     stage: str
     event: dp_event.DpEvent
@@ -113,6 +183,7 @@ class StageSpend:
     mechanism: str
     secure_noise: bool
     detail: dict[str, Any] = field(default_factory=dict)
+    extra_delta: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,10 +191,25 @@ class StageSpend:
             "mechanism": self.mechanism,
             "epsilon": self.epsilon,
             "delta": self.delta,
+            "extra_delta": self.extra_delta,
             "secure_noise": self.secure_noise,
             "event": event_to_dict(self.event),
             "detail": self.detail,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageSpend:
+        """Inverse of :meth:`to_dict` (the ledger stores spends this way)."""
+        return cls(
+            stage=str(data["stage"]),
+            event=event_from_dict(data["event"]),
+            epsilon=float(data["epsilon"]),
+            delta=float(data["delta"]),
+            mechanism=str(data["mechanism"]),
+            secure_noise=bool(data["secure_noise"]),
+            detail=dict(data.get("detail") or {}),
+            extra_delta=float(data.get("extra_delta", 0.0)),
+        )
 
 
 @dataclass(slots=True)
@@ -148,8 +234,18 @@ class ReleaseAccount:
     def basic_delta(self) -> float:
         return math.fsum(s.delta for s in self.spends)
 
+    @property
+    def extra_delta(self) -> float:
+        """Delta of bad events the stages' events do not model; spent before the accountant's share."""
+        return math.fsum(s.extra_delta for s in self.spends)
+
     def epsilon_by(self, accountant: str) -> float:
-        return compose_epsilon(self.events(), delta=self.delta, accountant=accountant)
+        extra = self.extra_delta
+        if extra == 0.0:
+            return compose_epsilon(self.events(), delta=self.delta, accountant=accountant)
+        if extra > self.delta:
+            return math.inf
+        return compose_epsilon(self.events(), delta=self.delta - extra, accountant=accountant)
 
     @property
     def epsilon(self) -> float:
@@ -175,6 +271,7 @@ class ReleaseAccount:
             "epsilon_pld": by["pld"],
             "epsilon_basic": self.basic_epsilon,
             "delta_basic": self.basic_delta,
+            "extra_delta": self.extra_delta,
             "neighbouring": "add/remove one record",
             "secure_noise": self.secure_noise,
             "stages": [s.to_dict() for s in self.spends],
@@ -190,6 +287,9 @@ def event_to_dict(event: dp_event.DpEvent) -> dict[str, Any]:
         return {"type": "laplace", "noise_multiplier": event.noise_multiplier}
     if isinstance(event, dp_event.GaussianDpEvent):
         return {"type": "gaussian", "noise_multiplier": event.noise_multiplier}
+    if isinstance(event, dp_event.DiscreteLaplaceDpEvent):
+        return {"type": "discrete_laplace", "noise_parameter": event.noise_parameter,
+                "sensitivity": event.sensitivity}
     if isinstance(event, dp_event.PoissonSampledDpEvent):
         return {"type": "poisson_sampled", "sampling_probability": event.sampling_probability,
                 "event": event_to_dict(event.event)}
@@ -209,6 +309,8 @@ def event_from_dict(data: dict[str, Any]) -> dp_event.DpEvent:
         return dp_event.LaplaceDpEvent(noise_multiplier=float(data["noise_multiplier"]))
     if kind == "gaussian":
         return dp_event.GaussianDpEvent(noise_multiplier=float(data["noise_multiplier"]))
+    if kind == "discrete_laplace":
+        return dp_event.DiscreteLaplaceDpEvent(float(data["noise_parameter"]), int(data["sensitivity"]))
     if kind == "poisson_sampled":
         return dp_event.PoissonSampledDpEvent(float(data["sampling_probability"]), event_from_dict(data["event"]))
     if kind == "self_composed":

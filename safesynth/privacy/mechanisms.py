@@ -9,6 +9,7 @@ Each mechanism is a frozen value: ``LaplaceMechanism(sensitivity=1, scale=2.0).e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +26,10 @@ class LaplaceMechanism:
 
     Privacy:
         ``epsilon = sensitivity / scale`` pure DP under add/remove-one-record, provided the statistic's
-        L1 sensitivity really is ``sensitivity``. Accounted as ``LaplaceDpEvent(scale / sensitivity)``;
-        the discrete variant has the same epsilon and is accounted with the same (continuous) event.
+        L1 sensitivity really is ``sensitivity``. Accounted as ``LaplaceDpEvent(scale / sensitivity)``.
+        The discrete variant has the same epsilon but a worse privacy-loss distribution (+-epsilon, as
+        randomized response, not spread over [-epsilon, epsilon]), so it is accounted as
+        ``DiscreteLaplaceDpEvent(1 / scale, ceil(sensitivity))``, never as the continuous event.
     """
 
     sensitivity: float
@@ -52,6 +55,9 @@ class LaplaceMechanism:
         return self.scale / self.sensitivity
 
     def event(self) -> dp_event.DpEvent:
+        if self.discrete:
+            # Integer-valued statistics have integer sensitivity; ceil only ever overstates the cost.
+            return dp_event.DiscreteLaplaceDpEvent(1.0 / self.scale, math.ceil(self.sensitivity))
         return dp_event.LaplaceDpEvent(noise_multiplier=self.noise_multiplier)
 
     def release(self, values: np.ndarray, *, noise: NoiseSource) -> np.ndarray:
