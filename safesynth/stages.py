@@ -280,6 +280,8 @@ def write_output(ctx: RunContext, synthetic_path: Path) -> list[Path]:
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "secure_noise": str(summary["secure_noise"]).lower(),
         "privacy": {k: v for k, v in summary.items() if k != "stages"},
+        "stages": [{k: s[k] for k in ("stage", "mechanism", "epsilon", "delta", "secure_noise")}
+                   for s in summary["stages"]],
     }
     out_dir = ctx.path("output")
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -133,3 +133,22 @@ def test_exhausted_budget_blocks_before_reading_the_source(tmp_path, safesynth_h
     assert second.exit_code == 3, second.output
     assert "budget" in second.output and "remains" in second.output
     assert [p.parent.name for p in published_files(tmp_path) if p.name == "manifest.json"] == ["r1"]
+
+
+def test_undeclared_categories_are_discovered_with_dp_and_charged(tmp_path, safesynth_home):
+    data = yaml.safe_load((REPO / "data" / "demo.yaml").read_text())
+    column = next(n for n, c in data["columns"].items() if c["type"] == "categorical" and not c.get("nullable"))
+    declared = data["columns"][column].pop("categories")
+    spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", columns=data["columns"],
+                     privacy={"allocation": {"discovery": 0.2}})
+    result = run_cli("release", str(spec), "--engine", "local", "--release-id", "disc")
+    assert result.exit_code == 0, result.output
+    final = tmp_path / "releases" / "demo" / "disc"
+    manifest = json.loads((final / "manifest.json").read_text())
+    stages = {s["stage"]: s for s in manifest["privacy"]["stages"]}
+    assert any(name.startswith("discovery") for name in stages), stages
+    assert manifest["privacy"]["epsilon"] <= 4.0 + 1e-9
+    frame = pd.read_parquet(final / "part-00000.parquet")
+    assert set(frame[column].dropna()) <= set(declared)  # discovered categories are real ones
+    meta = read_release_metadata(final / "part-00000.parquet")
+    assert any(s["stage"].startswith("discovery") for s in json.loads(meta["stages"]))
