@@ -62,6 +62,9 @@ def set_runtime_defaults() -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # Prefect's SQLite database cannot be created inside a missing directory.
+    for key in ("SAFESYNTH_HOME", "PREFECT_HOME", "HF_HOME"):
+        Path(os.environ[key]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
 def _fail(exc: SafeSynthError) -> None:
