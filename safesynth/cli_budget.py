@@ -10,6 +10,7 @@ import math
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -79,14 +80,16 @@ def _status(record: ReleaseRecord) -> str:
 
 
 def _releases(records: tuple[ReleaseRecord, ...]) -> Table:
-    table = Table(title="Releases", show_header=True)
-    for name, justify in (("release", "left"), ("attempt", "right"), ("status", "left"),
-                          ("epsilon", "right"), ("delta", "right"), ("planned epsilon", "right"),
-                          ("created (UTC)", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    # Compact box so one release fits an 80-column terminal; planned epsilon is in --json.
+    table = Table(title="Releases", show_header=True, box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (("release", "left"), ("#", "right"), ("status", "left"),
+                          ("epsilon", "right"), ("delta", "right"), ("created (UTC)", "left")):
+        # Values are never truncated: the release id (what people copy) stays on one line, others wrap.
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=name == "release",  # type: ignore[arg-type]
+                         min_width=len(records[0].release_id) if name == "release" and records else None)
     for r in records:
         table.add_row(r.release_id, str(r.attempt), _status(r), _fmt(r.epsilon), _fmt(r.delta, 3),
-                      _fmt(r.planned_epsilon), r.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+                      r.created_at.strftime("%Y-%m-%d %H:%M"))
     if not records:
-        table.add_row("(none)", "", "", "", "", "", "")
+        table.add_row("(none)", "", "", "", "", "")
     return table
