@@ -243,7 +243,11 @@ def sample(ctx: RunContext, model_dir: Path) -> Path:
     """Sample the spec's number of rows, shard by shard (post-processing: reads no private data)."""
     spec = resolved_spec(ctx)
     model = get_backend(spec.generator.kind).load(model_dir, spec=spec)
-    frames = [model.sample(rows, seed=seed) for _, rows, seed in shard_plan(spec)]
+    from tqdm.auto import tqdm
+
+    shards = shard_plan(spec)
+    frames = [model.sample(rows, seed=seed)
+              for _, rows, seed in tqdm(shards, desc="sampling", unit="shard", disable=None)]
     out = ctx.path("synthetic.parquet")
     pd.concat(frames, ignore_index=True).to_parquet(out, index=False)
     log.info("sampled %d rows in %d shards", spec.sampling.rows, len(frames))
