@@ -1,0 +1,193 @@
+"""Quality (and end-to-end time/memory) of the generators on the shared datasets.
+
+adult: 80/20 split; for each epsilon and generator (marginals, llm): fit on the 80 %, sample as many rows,
+then 1-way / 2-way marginal TVD against the training rows, and TSTR (HistGradientBoosting trained on the
+synthetic rows, tested on the real 20 % holdout, target ``income``) next to TRTR.
+reviews: the llm with its text column: length distribution, vocabulary overlap, verbatim copies.
+
+Every (dataset, generator, epsilon) runs in its own process so peak memory is per run.
+
+    .venv/bin/python bench/bench_quality.py                      # adult, eps 1 and 4, both generators
+    .venv/bin/python bench/bench_quality.py --eps 4 --backends llm --set epochs=2 --set batch_size=512
+    .venv/bin/python bench/bench_quality.py --dataset reviews --eps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from common import (  # noqa: E402
+    ADULT_COLUMNS,
+    DATA,
+    REVIEWS_COLUMNS,
+    load_typed,
+    make_spec,
+    marginal_tvd,
+    run_release,
+    split,
+    table,
+    tstr,
+    write_results,
+)
+
+DELTA = 1e-5
+TEMPERATURES: list[float] = []
+
+
+def _generator(kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, **(overrides if kind == "llm" else {})}
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = json.loads(value) if value not in ("", "None") else None
+    return out
+
+
+def run_adult(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[str, Any]:
+    path = DATA / "adult.csv"
+    base = make_spec(ADULT_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA,
+                     generator=_generator(kind, overrides), rows=1, base_dir=Path.cwd())
+    real_train, holdout = split(load_typed(path, base))
+    spec = make_spec(ADULT_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA,
+                     generator=_generator(kind, overrides), rows=len(real_train), base_dir=Path.cwd())
+    result = run_release(kind, real_train, spec, rows=len(real_train))
+    synthetic, fitted = result.pop("synthetic"), result.pop("fitted")
+    utility = tstr(synthetic, holdout, target="income", positive=">50K")
+    out = {"dataset": "adult", "generator": kind, "epsilon_target": epsilon, **result,
+           **marginal_tvd(real_train, synthetic, spec),
+           "tstr_accuracy": utility["accuracy"], "tstr_roc_auc": utility["roc_auc"],
+           "total_s": result["fit_s"] + result["sample_s"], "train_rows": len(real_train),
+           "generator_config": overrides if kind == "llm" else {}}
+    if kind == "llm":  # other sampling temperatures from the same fitted model (post-processing)
+        out["by_temperature"] = {}
+        for temperature in TEMPERATURES:
+            fitted.spec = spec.model_copy(update={"generator": spec.generator.model_copy(
+                update={"temperature": temperature})})
+            other = fitted.sample(len(real_train), seed=0)
+            u = tstr(other, holdout, target="income", positive=">50K")
+            tvd = marginal_tvd(real_train, other, spec)
+            out["by_temperature"][temperature] = {"tvd_1way": tvd["tvd_1way"], "tvd_2way": tvd["tvd_2way"],
+                                                  "tstr_roc_auc": u["roc_auc"], "tstr_accuracy": u["accuracy"]}
+    return out
+
+
+def _words(texts: pd.Series) -> set[str]:
+    return set(" ".join(texts.dropna().astype(str).str.lower()).split())
+
+
+def text_metrics(real: pd.Series, synthetic: pd.Series) -> dict[str, float]:
+    real_len = real.dropna().astype(str).str.len()
+    syn_len = synthetic.dropna().astype(str).str.len()
+    qs = [0.1, 0.5, 0.9]
+    real_words, syn_words = _words(real), _words(synthetic)
+    train_texts = set(real.dropna().astype(str))
+    syn = synthetic.dropna().astype(str)
+    return {
+        **{f"real_len_q{int(q * 100)}": float(real_len.quantile(q)) for q in qs},
+        **{f"syn_len_q{int(q * 100)}": float(syn_len.quantile(q)) if len(syn_len) else 0.0 for q in qs},
+        "vocab_overlap": len(real_words & syn_words) / max(1, len(syn_words)),
+        "vocab_coverage": len(real_words & syn_words) / max(1, len(real_words)),
+        "verbatim_copies": float(syn.isin(train_texts).mean()) if len(syn) else 0.0,
+        "null_share_real": float(real.isna().mean()), "null_share_syn": float(synthetic.isna().mean()),
+    }
+
+
+def run_reviews(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[str, Any]:
+    path = DATA / "womens_clothing_ecommerce_reviews.csv"
+    gen = _generator(kind, overrides)
+    base = make_spec(REVIEWS_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA, generator=gen, rows=1,
+                     base_dir=Path.cwd())
+    real_train, _ = split(load_typed(path, base))
+    rows = min(len(real_train), int(overrides.get("sample_rows", 2000)) if kind == "llm" else len(real_train))
+    spec = make_spec(REVIEWS_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA, generator=gen, rows=rows,
+                     base_dir=Path.cwd())
+    result = run_release(kind, real_train, spec, rows=rows)
+    synthetic = result.pop("synthetic")
+    result.pop("fitted")
+    return {"dataset": "reviews", "generator": kind, "epsilon_target": epsilon, **result,
+            **marginal_tvd(real_train, synthetic, spec),
+            **text_metrics(real_train["review_text"], synthetic["review_text"]),
+            "total_s": result["fit_s"] + result["sample_s"], "train_rows": len(real_train), "rows": rows,
+            "generator_config": overrides if kind == "llm" else {}}
+
+
+def trtr() -> dict[str, Any]:
+    path = DATA / "adult.csv"
+    spec = make_spec(ADULT_COLUMNS, source=str(path), epsilon=1.0, delta=DELTA, generator={"kind": "marginals"},
+                     rows=1, base_dir=Path.cwd())
+    real_train, holdout = split(load_typed(path, spec))
+    utility = tstr(real_train, holdout, target="income", positive=">50K")
+    return {"dataset": "adult", "generator": "real (TRTR)", "tstr_accuracy": utility["accuracy"],
+            "tstr_roc_auc": utility["roc_auc"], **marginal_tvd(real_train, holdout, spec)}
+
+
+def _one(args: argparse.Namespace) -> None:
+    overrides = _parse_overrides(args.set)
+    runner = run_adult if args.dataset == "adult" else run_reviews
+    print("RESULT " + json.dumps(runner(args.backends[0], args.eps[0], overrides)), flush=True)
+
+
+def _available(kind: str) -> bool:
+    try:
+        from safesynth.generator import get_backend
+
+        get_backend(kind)
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["adult", "reviews"], default="adult")
+    parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 4.0])
+    parser.add_argument("--backends", nargs="+", default=["marginals", "llm"])
+    parser.add_argument("--set", action="append", default=[], help="llm generator override KEY=JSON")
+    parser.add_argument("--name", default=None, help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--temperatures", type=float, nargs="*", default=[],
+                        help="llm: also sample at these temperatures (same fitted model)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    TEMPERATURES.extend(args.temperatures)
+    if args.one:
+        return _one(args)
+    rows: list[dict[str, Any]] = [trtr()] if args.dataset == "adult" else []
+    for kind in args.backends:
+        if not _available(kind):
+            print(f"skipping {kind}: backend not available", file=sys.stderr)
+            continue
+        for eps in args.eps:
+            cmd = [sys.executable, __file__, "--one", "--dataset", args.dataset, "--eps", str(eps),
+                   "--backends", kind, *sum((["--set", s] for s in args.set), []),
+                   "--temperatures", *map(str, args.temperatures)]
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                print(f"{kind} eps={eps}: failed (exit {proc.returncode})", file=sys.stderr)
+                continue
+            rows.append(json.loads(lines[-1].removeprefix("RESULT ")))
+            print(table(rows[-1:], ["generator", "epsilon_target", "epsilon", "total_s", "peak_rss_gb"]), flush=True)
+    columns = ["dataset", "generator", "epsilon_target", "epsilon", "tvd_1way", "tvd_2way", "tstr_accuracy",
+               "tstr_roc_auc", "fit_s", "sample_s", "total_s", "peak_rss_gb"]
+    if args.dataset == "reviews":
+        columns = ["generator", "epsilon_target", "epsilon", "tvd_1way", "tvd_2way", "real_len_q50", "syn_len_q50",
+                   "vocab_overlap", "vocab_coverage", "verbatim_copies", "fit_s", "sample_s", "peak_rss_gb"]
+    print(table(rows, columns))
+    name = args.name or f"quality_{args.dataset}"
+    print(f"wrote {write_results(name, {'rows': rows, 'delta': DELTA, 'seed': 0, 'numpy': np.__version__})}")
+
+
+if __name__ == "__main__":
+    main()
