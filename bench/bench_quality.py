@@ -40,6 +40,7 @@ from common import (  # noqa: E402
 )
 
 DELTA = 1e-5
+REVIEW_ROWS = 2000  # generated reviews per run (long sequences: sampling them all would take minutes)
 TEMPERATURES: list[float] = []
 
 
@@ -94,7 +95,10 @@ def text_metrics(real: pd.Series, synthetic: pd.Series) -> dict[str, float]:
     real_words, syn_words = _words(real), _words(synthetic)
     train_texts = set(real.dropna().astype(str))
     syn = synthetic.dropna().astype(str)
+    from scipy.stats import ks_2samp
+
     return {
+        "length_ks": float(ks_2samp(real_len, syn_len).statistic) if len(syn_len) else 1.0,
         **{f"real_len_q{int(q * 100)}": float(real_len.quantile(q)) for q in qs},
         **{f"syn_len_q{int(q * 100)}": float(syn_len.quantile(q)) if len(syn_len) else 0.0 for q in qs},
         "vocab_overlap": len(real_words & syn_words) / max(1, len(syn_words)),
@@ -110,7 +114,7 @@ def run_reviews(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[st
     base = make_spec(REVIEWS_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA, generator=gen, rows=1,
                      base_dir=Path.cwd())
     real_train, _ = split(load_typed(path, base))
-    rows = min(len(real_train), int(overrides.get("sample_rows", 2000)) if kind == "llm" else len(real_train))
+    rows = min(len(real_train), REVIEW_ROWS)
     spec = make_spec(REVIEWS_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA, generator=gen, rows=rows,
                      base_dir=Path.cwd())
     result = run_release(kind, real_train, spec, rows=rows)
@@ -182,7 +186,8 @@ def main() -> None:
     columns = ["dataset", "generator", "epsilon_target", "epsilon", "tvd_1way", "tvd_2way", "tstr_accuracy",
                "tstr_roc_auc", "fit_s", "sample_s", "total_s", "peak_rss_gb"]
     if args.dataset == "reviews":
-        columns = ["generator", "epsilon_target", "epsilon", "tvd_1way", "tvd_2way", "real_len_q50", "syn_len_q50",
+        columns = ["generator", "epsilon_target", "epsilon", "tvd_1way", "tvd_2way", "length_ks", "real_len_q50",
+                   "syn_len_q50",
                    "vocab_overlap", "vocab_coverage", "verbatim_copies", "fit_s", "sample_s", "peak_rss_gb"]
     print(table(rows, columns))
     name = args.name or f"quality_{args.dataset}"

@@ -124,7 +124,8 @@ def run_release(kind: str, train: pd.DataFrame, spec: ReleaseSpec, *, rows: int,
             "stages": [{"stage": s.stage, "epsilon": s.epsilon, "delta": s.delta, **{
                 k: v for k, v in s.detail.items() if isinstance(v, int | float | str) and k != "insecure_noise_reason"}}
                 for s in account.spends],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -228,7 +228,7 @@ class LLMGeneratorSpec(_Frozen):
     hidden_size: int = Field(64, ge=16, le=8192)
     heads: int = Field(4, ge=1, le=128)
     context_length: int = Field(256, ge=16, le=32_768, description="Longest token sequence (bounds text bytes).")
-    epochs: float = Field(8.0, gt=0.0, le=1000.0, description="Expected passes over the data (Poisson sampling).")
+    epochs: float = Field(12.0, gt=0.0, le=1000.0, description="Expected passes over the data (Poisson sampling).")
     batch_size: int = Field(1024, ge=1, description="Expected (logical) batch size under Poisson sampling.")
     learning_rate: float = Field(1e-2, gt=0.0, description="Adam peak learning rate (warm-up, cosine decay).")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Per-record clipping norm for DP-SGD.")

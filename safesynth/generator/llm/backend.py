@@ -169,6 +169,15 @@ class LLMBackend:
         first = [] if condition_codec is None else [codec.index(condition_codec.name)]
         order = first + [i for i in range(len(codec.columns)) if i not in first]
         grammar = Grammar(codec, order=order)
+        # Everything that can fail without spending (model, encoding) comes before the first release.
+        if gen.model is None:
+            lm = build_language_model(gen, codec.symbols, seed=spec.sampling.seed)
+        else:
+            location = spec.resolve(gen.model)  # a path relative to the spec file, else a hub id
+            lm = load_language_model(location if Path(location).exists() else gen.model, codec.symbols,
+                                     seed=spec.sampling.seed, lora=gen.lora)
+        rows = TrainingRows(codec, grammar, codec.encode_cells(train), lm=lm, order=order,
+                            random_order=gen.random_column_order, seed=spec.sampling.seed)
         condition = None
         if condition_codec is not None:
             condition, spend = release_condition_histogram(train, condition_codec, spec=spec, plan=plan, noise=noise)
@@ -178,14 +187,6 @@ class LLMBackend:
         schedule = schedule_dp_sgd(noisy_rows=noisy_rows, batch_size=gen.batch_size, epochs=gen.epochs,
                                    max_grad_norm=gen.max_grad_norm, epsilon=(1 - COUNT_FRACTION) * stage.epsilon,
                                    delta=stage.delta, accountant=plan.accountant)
-        if gen.model is None:
-            lm = build_language_model(gen, codec.symbols, seed=spec.sampling.seed)
-        else:
-            location = spec.resolve(gen.model)  # a path relative to the spec file, else a hub id
-            lm = load_language_model(location if Path(location).exists() else gen.model, codec.symbols,
-                                     seed=spec.sampling.seed, lora=gen.lora)
-        rows = TrainingRows(codec, grammar, codec.encode_cells(train), lm=lm, order=order,
-                            random_order=gen.random_column_order, seed=spec.sampling.seed)
         poisson_rng, noise_generator, rng_source = _private_rngs(noise, spec.sampling.seed)
         sgd_spend = _sgd_spend(schedule, delta=stage.delta, accountant=plan.accountant,
                                detail={"grad_sample_mode": gen.grad_sample_mode, "rng_seeding": rng_source})

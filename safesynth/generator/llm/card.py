@@ -64,8 +64,9 @@ def model_card(*, architecture: dict[str, Any], privacy: dict[str, Any], dataset
         "|---|---|",
         *(_row(k, v) for k, v in architecture.items()),
         "",
-        "Tokens: one per column name, per declared category and for null; base-100 digits for numbers over",
-        "their declared range; UTF-8 bytes for text (no merges learned from private text).",
+        "Tokens: one per declared category and for null; base-100 digits for numbers over their declared",
+        "range; UTF-8 bytes for text (no merges learned from private text); one per column name when",
+        "columns are trained in random order. Every symbol comes from the public spec.",
         "",
     ]
     return "\n".join(lines)

@@ -257,15 +257,14 @@ class RowCodec:
 
         ``names=False`` leaves the column-name tokens out of sequences (fixed column order only).
         """
-        names_in_rows = names
-        names = list(spec.columns)
+        column_names = list(spec.columns)
         has_text = any(isinstance(c, TextColumn) for c in spec.columns.values())
         symbols = [*SPECIALS, *(f"<d{d:02d}>" for d in range(BASE))]
         if has_text:
             symbols += [f"<0x{b:02X}>" for b in range(256)]
-        name_tokens = tuple(range(len(symbols), len(symbols) + len(names)))
-        symbols += [f"<col:{n}>" for n in names]
-        fixed = 2 + (len(names) if names_in_rows else 0)  # <bos>, <eos>, one name token per column
+        name_tokens = tuple(range(len(symbols), len(symbols) + len(column_names)))
+        symbols += [f"<col:{n}>" for n in column_names]
+        fixed = 2 + (len(column_names) if names else 0)  # <bos>, <eos>, one name token per column
         partial: list[ColumnCodec | None] = []
         for name, col in spec.columns.items():
             if isinstance(col, CategoricalColumn | BooleanColumn):
@@ -301,9 +300,9 @@ class RowCodec:
                 codec = TextCodec(name=name, nullable=col.nullable, max_chars=col.max_length,
                                   max_bytes=min(4 * col.max_length, budget))
             columns.append(codec)
-        max_length = 2 + sum(int(names_in_rows) + c.max_tokens for c in columns)
+        max_length = 2 + sum(int(names) + c.max_tokens for c in columns)
         return cls(symbols=tuple(symbols), columns=tuple(columns), name_tokens=name_tokens, max_length=max_length,
-                   names=names_in_rows)
+                   names=names)
 
     @property
     def vocab_size(self) -> int:

@@ -8,6 +8,8 @@ continuation states of RFC 3629's well-formed byte sequences). Text length limit
 row (characters and bytes of the current text), not states.
 
 Sampling forces the column order: at ``SEP`` only the next column of ``order`` (or ``<eos>``) is allowed.
+Without column-name tokens (a codec with ``names=False``) the order is built in: finishing a value moves
+straight to the first state of the next column.
 Training uses the same table without forcing and scores only value positions (column names and padding
 carry no loss), so the model learns exactly the masked distribution it is sampled from.
 """

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from safesynth.spec import ReleaseSpec, parse_spec
 
@@ -56,3 +57,15 @@ def tabular_frame(n: int, seed: int = 0) -> pd.DataFrame:
         "n": pd.array(100 * idx + rng.integers(0, 10, n), dtype="Int64"),
         "v": pd.array(np.round(rng.uniform(-1, 1, n), 1), dtype="Float64"),
     })
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(monkeypatch):
+    """Tiny models run as fast on one thread, and stay fast when other processes load the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("SAFESYNTH_TORCH_THREADS", "1")
+    yield
+    torch.set_num_threads(before)
