@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from safesynth.audit import dcr_attack
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
@@ -66,9 +68,12 @@ def run_adult(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[str,
     result = run_release(kind, real_train, spec, rows=len(real_train))
     synthetic, fitted = result.pop("synthetic"), result.pop("fitted")
     utility = tstr(synthetic, holdout, target="income", positive=">50K")
+    # The release gate's attack: members = fitted rows, non-members = the holdout.
+    attack = dcr_attack(synthetic, real_train, holdout, spec=spec, max_rows=5_000, seed=0)
     out = {"dataset": "adult", "generator": kind, "epsilon_target": epsilon, **result,
            **marginal_tvd(real_train, synthetic, spec),
            "tstr_accuracy": utility["accuracy"], "tstr_roc_auc": utility["roc_auc"],
+           "attack_auc": attack.auc, "attack_auc_upper": attack.auc_upper,
            "total_s": result["fit_s"] + result["sample_s"], "train_rows": len(real_train),
            "generator_config": overrides if kind == "llm" else {}}
     if kind == "llm":  # other sampling temperatures from the same fitted model (post-processing)
@@ -184,7 +189,7 @@ def main() -> None:
             rows.append(json.loads(lines[-1].removeprefix("RESULT ")))
             print(table(rows[-1:], ["generator", "epsilon_target", "epsilon", "total_s", "peak_rss_gb"]), flush=True)
     columns = ["dataset", "generator", "epsilon_target", "epsilon", "tvd_1way", "tvd_2way", "tstr_accuracy",
-               "tstr_roc_auc", "fit_s", "sample_s", "total_s", "peak_rss_gb"]
+               "tstr_roc_auc", "attack_auc", "fit_s", "sample_s", "total_s", "peak_rss_gb"]
     if args.dataset == "reviews":
         columns = ["generator", "epsilon_target", "epsilon", "tvd_1way", "tvd_2way", "length_ks", "real_len_q50",
                    "syn_len_q50",
