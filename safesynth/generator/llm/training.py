@@ -48,6 +48,8 @@ __all__ = [
 
 #: Share of the generator stage's epsilon spent on the noisy row count that sets the sample rate.
 COUNT_FRACTION = 0.05
+#: Attention scores (rows x length^2 x heads x layers) per physical chunk: bounds memory on long texts.
+_SCORE_BUDGET = 64_000_000
 
 
 def release_row_count(rows: int, *, epsilon: float, noise: NoiseSource) -> tuple[float, StageSpend]:
@@ -135,6 +137,12 @@ class TrainingRows:
             raise ValueError("random column orders need the column-name tokens (a codec with names=True)")
         self._rng = np.random.default_rng([seed, 0x0DE7])  # column orders: data-independent randomness
         self.identity = lm.identity_vocab
+        # Sequence lengths only decide how a Poisson batch is cut into physical chunks (memory); the
+        # summed clipped gradient, and so the released model, is the same however it is cut.
+        per_column = [np.fromiter(map(len, column), dtype=np.int64, count=len(column)) for column in cells]
+        self.lengths = 2 + (len(cells) if codec.names else 0) + np.sum(per_column, axis=0)
+        config = lm.model.config
+        self.attention_cost = max(1, getattr(config, "num_attention_heads", 1) * getattr(config, "num_hidden_layers", 1))
 
     def __len__(self) -> int:
         return len(self.cells[0])
@@ -201,7 +209,7 @@ def dp_step(gsm, optimizer, rows: TrainingRows, index: np.ndarray, *, mode: str,
     if len(index) == 0:
         _noise_only(gsm, optimizer, mode)
         return 0.0
-    chunks = np.array_split(index, math.ceil(len(index) / physical_batch_size))
+    chunks = _chunks(rows, index, physical_batch_size)
     total = 0.0
     for i, chunk in enumerate(chunks):
         losses = sequence_losses(gsm, rows.batch(chunk), rows=rows)
@@ -218,6 +226,19 @@ def dp_step(gsm, optimizer, rows: TrainingRows, index: np.ndarray, *, mode: str,
         optimizer.zero_grad()
         total += float(losses.detach().sum())
     return total
+
+
+def _chunks(rows: TrainingRows, index: np.ndarray, physical_batch_size: int) -> list[np.ndarray]:
+    """Cut a Poisson batch into chunks of similar lengths, each within the rows and attention budgets."""
+    index = index[np.argsort(rows.lengths[index], kind="stable")]
+    chunks, start = [], 0
+    while start < len(index):
+        longest = int(rows.lengths[index[min(len(index), start + physical_batch_size) - 1]])
+        fit = _SCORE_BUDGET // (longest * longest * rows.attention_cost)
+        stop = start + max(1, min(physical_batch_size, fit))
+        chunks.append(index[start:stop])
+        start = stop
+    return chunks
 
 
 def _lr_lambda(steps: int) -> Callable[[int], float]:
