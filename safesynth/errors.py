@@ -17,6 +17,7 @@ Hierarchy::
     +-- GeneratorError                  exit 1: fitting or sampling the generator failed
     +-- GateFailedError                 exit 3: an audit gate blocked the release (per-gate reasons)
     +-- PublishError                    exit 1: the release could not be published atomically
+    +-- InternalError                   exit 1: an internal invariant was violated (a bug; never ``assert``)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "DataError",
     "GateFailedError",
     "GeneratorError",
+    "InternalError",
     "LedgerError",
     "PrivacyError",
     "PublishError",
@@ -118,3 +120,11 @@ class GateFailedError(SafeSynthError):
 
 class PublishError(SafeSynthError):
     """The release could not be published atomically."""
+
+
+class InternalError(SafeSynthError):
+    """An internal invariant does not hold: a bug in safesynth, not in the input.
+
+    Raised instead of ``assert`` wherever a privacy or accounting invariant is checked, so the check
+    survives ``python -O`` (Tumult Analytics' ``AnalyticsInternalError`` plays the same role).
+    """
