@@ -12,16 +12,27 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: install demo test test-fast lint bench clean
+LOCK     := requirements.lock
+LOCKENV  := .venv-lock
 
-$(STAMP): pyproject.toml
+.PHONY: install lock demo test test-fast lint typecheck bench clean
+
+# Install exactly the locked set (every package pinned and hash-checked, nothing resolved), then the
+# project itself without touching its dependencies. The lock holds the CPU build of torch.
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	@# torch first, pinned: the CPU build; an unpinned torch would pull several GB of CUDA packages.
-	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
 install: $(STAMP)
+
+# Re-resolve the newest versions pyproject.toml allows (core + dev extra) into the lock, with hashes.
+lock:
+	$(PYTHON) -m venv $(LOCKENV)
+	$(LOCKENV)/bin/pip install --quiet "pip-tools==7.6.2"
+	$(LOCKENV)/bin/pip-compile --quiet --upgrade --extra dev --generate-hashes --strip-extras --allow-unsafe \
+		--no-emit-index-url --no-emit-find-links -o $(LOCK) pyproject.toml
 
 demo: $(STAMP)  ## install, then run a real DP release of the bundled demo data through the Prefect flow
 	$(BIN)/safesynth release data/demo.yaml

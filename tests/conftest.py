@@ -21,6 +21,14 @@ os.environ["HF_HOME"] = str(_HOME / "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+# Property tests are derandomised (same examples every run: no unseeded randomised asserts) and not
+# timed: a loaded 2-core CI machine must not turn a slow example into a failure.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("safesynth", derandomize=True, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("safesynth")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

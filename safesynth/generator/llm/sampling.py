@@ -1,6 +1,6 @@
 """Constrained, KV-cached, batched generation of rows (post-processing: reads no private data).
 
-:func:`sample_tokens` is our own decoding loop over ``past_key_values``: one forward call per token
+:func:`sample_tokens` is our own decoding loop over the KV cache (transformers 5.24 `cache=`): one forward call per token
 position for the whole batch, the grammar's vectorised mask, rows that have finished are dropped from
 the batch (and from the cache) so long texts do not drag finished rows along. Every generated row is
 valid by construction. :func:`sample_tokens_generate` does the same with ``model.generate`` and
@@ -61,7 +61,7 @@ def sample_tokens(
     cache = DynamicCache(config=model.config)
     ids = prompts if identity else model_ids[prompts]
     positions = torch.arange(plen).unsqueeze(0).expand(batch, -1).contiguous()
-    logits = model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True,
+    logits = model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
     active = torch.arange(batch)
     for t in range(plen, grammar.max_length):
@@ -79,7 +79,7 @@ def sample_tokens(
             st, active, tokens = st.select(keep), active[keep], tokens[keep]
         step_ids = (tokens if identity else model_ids[tokens]).unsqueeze(1)
         logits = model(input_ids=step_ids, position_ids=torch.full((len(active), 1), t, dtype=torch.long),
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+                       cache=cache, use_cache=True).logits[:, -1]
     return out
 
 
