@@ -13,13 +13,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from safesynth import __version__
-from safesynth.errors import SafeSynthError
+from safesynth.errors import InternalError, SafeSynthError, SpecError
 
 app = typer.Typer(
     name="safesynth",
@@ -30,6 +30,9 @@ app = typer.Typer(
 )
 spec_app = typer.Typer(help="Work with release specs (no data is read).", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
+
+if TYPE_CHECKING:
+    from safesynth.release import ReleaseOutcome
 
 out = Console()
 err = Console(stderr=True)
@@ -129,40 +132,49 @@ def release_cmd(
 
     Exit codes: 0 published, 2 bad spec or input, 3 blocked (audit gate or privacy budget), 1 other errors.
     """
-    from safesynth.release import ReleaseOutcome, render_summary
+    from safesynth.release import render_summary
 
     try:
-        from safesynth.spec import load_spec
-
-        load_spec(spec)  # fail fast, before Prefect starts, on a bad spec
+        if engine not in ("prefect", "local"):
+            raise SpecError(f"`--engine` ({engine!r}) must be 'prefect' or 'local'")
+        _preflight(spec, release_id)  # fail fast, before Prefect starts and before any budget is reserved
         if engine == "local":
             from safesynth.release import run_release
 
             with err.status("running release (local engine)..."):
                 outcome = run_release(spec, release_id=release_id)
-        elif engine == "prefect":
-            outcome = _run_flow(spec, release_id)
         else:
-            raise typer.BadParameter("must be 'prefect' or 'local'", param_hint="--engine")
+            outcome = _run_flow(spec, release_id)
     except SafeSynthError as exc:
         _fail(exc)
-    assert isinstance(outcome, ReleaseOutcome)
     if json_out:
         out.print_json(json.dumps({"release_id": outcome.release_id, "status": outcome.status,
                                    "message": outcome.message, "location": outcome.location,
                                    "privacy": outcome.privacy, "audit": outcome.audit, "gate": outcome.gate}))
-    else:
+    elif outcome.status != "failed":
         from rich.markdown import Markdown
 
         out.print(Markdown(render_summary(outcome)))
-    if outcome.exit_code:
+    if outcome.status == "failed":
+        err.print(f"[bold red]error:[/] {outcome.message}", highlight=False, soft_wrap=True)
+    elif outcome.exit_code:
         err.print(f"[bold red]{outcome.message}[/]", highlight=False)
     else:
         out.print(f"[bold green]{outcome.message}[/]", highlight=False)
     raise typer.Exit(outcome.exit_code)
 
 
-def _run_flow(spec: Path, release_id: str | None):  # type: ignore[no-untyped-def]
+def _preflight(spec: Path, release_id: str | None) -> None:
+    from safesynth.preflight import check_release_id, preflight
+    from safesynth.spec import load_spec
+
+    loaded = load_spec(spec)
+    if release_id is not None:
+        check_release_id(release_id)
+    preflight(loaded)
+
+
+def _run_flow(spec: Path, release_id: str | None) -> ReleaseOutcome:
     from safesynth.release import ReleaseOutcome
 
     err.print("starting Prefect (embedded local API)...", style="dim")
@@ -174,11 +186,9 @@ def _run_flow(spec: Path, release_id: str | None):  # type: ignore[no-untyped-de
     result = state.result(raise_on_failure=False)
     if isinstance(result, ReleaseOutcome):
         return result
-    if isinstance(result, SafeSynthError):
-        raise result
     if isinstance(result, BaseException):
-        raise SafeSynthError(f"release failed: {result.__class__.__name__}: {result}") from result
-    raise SafeSynthError(f"release ended {state.name}: {state.message}")
+        raise InternalError(f"release flow crashed: {result.__class__.__name__}") from result
+    raise InternalError(f"release flow ended {state.name}: {state.message}")
 
 
 def main() -> None:

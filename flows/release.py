@@ -1,12 +1,14 @@
-"""The release flow: ingest -> validate -> split -> fit (DP) -> sample -> write -> audit -> gate -> publish.
+"""The release flow: :func:`safesynth.release.run_release` with every stage run as a Prefect task.
 
-Runs on Prefect's embedded local API (SQLite) by default; no server needs starting. A release blocked by
-a gate ends the flow **Failed** with the gate's reason; every run leaves a markdown artifact summary.
-The same stage order is implemented without Prefect in :func:`safesynth.release.run_release`.
+Runs on Prefect's embedded local API (SQLite) by default; no server needs starting. The stage order lives
+in ``run_release`` alone. A blocked or failed release ends the flow **Failed** with one line; every run
+leaves a markdown artifact summary. Expected errors (:class:`~safesynth.errors.SafeSynthError`) are
+logged as one line, without the traceback Prefect's engines would add; bugs keep their traceback.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -14,8 +16,22 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed
 
 from safesynth.errors import SafeSynthError
-from safesynth.release import ReleaseOutcome, _outcome, render_summary
-from tasks import release as t
+from safesynth.release import ReleaseOutcome, outcome_for_error, render_summary, run_release
+from tasks.release import run_as_task
+
+
+class _OneLineForExpectedErrors(logging.Filter):
+    """Drop the traceback from Prefect's engine logs when the exception is a SafeSynthError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], SafeSynthError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    if not any(isinstance(f, _OneLineForExpectedErrors) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_OneLineForExpectedErrors())
 
 
 def _artifact(outcome: ReleaseOutcome) -> None:
@@ -31,46 +47,16 @@ def release(spec_path: str, release_id: str | None = None) -> Any:
     changed from the UI.
     """
     logger = get_run_logger()
-    ctx = t.prepare(spec_path, release_id)
-    logger.info("release %s of dataset %s", ctx.release_id, ctx.spec.dataset)
-    if t.already_published(ctx):
-        outcome = ReleaseOutcome(release_id=ctx.release_id, dataset=ctx.spec.dataset, status="already_published",
-                                 message=f"release {ctx.release_id} is already published; nothing to do")
-        _artifact(outcome)
-        return Completed(message=outcome.message, data=outcome)
-    reservation = t.reserve_budget(ctx)
-    status = "failed"
     try:
-        raw = t.ingest(ctx, reservation)
-        clean, _ = t.validate(ctx, raw)
-        train, holdout = t.split(ctx, clean)
-        model = t.fit(ctx, train)
-        synthetic = t.sample(ctx, model)
-        files = t.write_output(ctx, synthetic)
-        attack = t.audit(ctx, synthetic, train, holdout)
-        decision = t.gate(ctx, attack)
-        if not decision.passed:
-            status = "blocked"
-            outcome = _outcome(ctx, "blocked", "release blocked: " + "; ".join(decision.reasons), exit_code=3)
-            _artifact(outcome)
-            logger.error(outcome.message)
-            return Failed(message=outcome.message, data=outcome)
-        published = t.publish(ctx, files, decision)
-        status = "published"
-        outcome = _outcome(ctx, "published", f"published {ctx.spec.sampling.rows} rows to {published.location}",
-                           location=published.location)
-        _artifact(outcome)
-        logger.info(outcome.message)
-        return Completed(message=outcome.message, data=outcome)
+        outcome = run_release(spec_path, release_id=release_id, run=run_as_task)
     except SafeSynthError as exc:
-        _artifact(ReleaseOutcome(release_id=ctx.release_id, dataset=ctx.spec.dataset, status="failed",
-                                 message=str(exc), exit_code=exc.exit_code))
-        raise
-    finally:
-        try:
-            t.settle(ctx, reservation, status)
-        finally:
-            t.cleanup(ctx)
+        outcome = outcome_for_error(exc)
+    _artifact(outcome)
+    if outcome.exit_code:
+        logger.error(outcome.message)
+        return Failed(message=outcome.message, data=outcome)
+    logger.info(outcome.message)
+    return Completed(message=outcome.message, data=outcome)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python flows/release.py SPEC`

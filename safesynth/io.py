@@ -27,6 +27,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -76,6 +77,23 @@ def display_location(location: str) -> str:
     parts = urlsplit(location)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def check_source(spec: ReleaseSpec) -> None:
+    """The source exists and is a regular file (checked without opening it: a FIFO would block)."""
+    import stat
+
+    uri = spec.source_uri
+    if "://" in uri:
+        return
+    try:
+        mode = Path(uri).stat().st_mode
+    except FileNotFoundError:
+        raise SourceReadError(f"{uri}: source file not found") from None
+    except OSError as exc:
+        raise SourceReadError(f"{uri}: cannot open the source ({exc.strerror or exc.__class__.__name__})") from None
+    if not stat.S_ISREG(mode):
+        raise SourceReadError(f"{uri}: the source is not a regular file")
 
 
 def read_source(spec: ReleaseSpec) -> pd.DataFrame:

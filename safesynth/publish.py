@@ -5,8 +5,10 @@ manifest only: it lists every file with its size and SHA-256, and it is written 
 
 Atomicity:
   * local filesystem: the files and the manifest are written to a hidden staging directory beside the
-    final one and moved into place with one ``rename``, which is atomic on POSIX; a crash leaves at most
-    a ``.staging-*`` directory, which the next publish removes.
+    final one and moved into place with one ``rename``, which is atomic on POSIX. A staging directory is
+    named after its owner process (``.staging-<host>.<pid>.<start>-<random>-<release_id>``); a crash
+    leaves at most one, which the next publish into the same place removes once that process is gone
+    (a concurrent publisher's staging directory is never touched).
   * object stores (s3://, gs://, memory://...): the data files are uploaded first (each a whole object,
     under a name unique to this attempt), the manifest last; for S3 the manifest PUT is conditional
     (``If-None-Match: *``) so of two publishers racing on one release id exactly one wins, and the loser
@@ -30,8 +32,9 @@ import fsspec
 
 from safesynth.errors import PublishError
 from safesynth.output import sha256_file
+from safesynth.workspace import Owner
 
-__all__ = ["PublishedRelease", "build_manifest_files", "find_published", "publish_release"]
+__all__ = ["PublishedRelease", "build_manifest_files", "find_published", "publish_release", "sweep_staging"]
 
 MANIFEST = "manifest.json"
 
@@ -99,13 +102,27 @@ def publish_release(
     return PublishedRelease(location=final, manifest=_join(final, MANIFEST), files=tuple(p.name for p in files))
 
 
+_STAGING = re.compile(r"^\.staging-(?P<owner>[^.]+\.\d+\.\d+)-[0-9a-f]{8}-")
+
+
+def sweep_staging(parent: Path) -> int:
+    """Remove staging directories under ``parent`` whose publishing process died; returns the count."""
+    removed = 0
+    for old in parent.glob(".staging-*") if parent.is_dir() else ():
+        match = _STAGING.match(old.name)
+        owner = Owner.from_token(match["owner"]) if match else None
+        if owner is not None and owner.is_dead():
+            shutil.rmtree(old, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def _publish_local(files: list[Path], body: bytes, parent: Path, release_id: str) -> None:
     final = parent / release_id
-    staging = parent / f".staging-{release_id}-{uuid.uuid4().hex[:8]}"
+    staging = parent / f".staging-{Owner.current().token()}-{uuid.uuid4().hex[:8]}-{release_id}"
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        for old in parent.glob(f".staging-{release_id}-*"):
-            shutil.rmtree(old, ignore_errors=True)
+        sweep_staging(parent)
         staging.mkdir()
         for path in files:
             shutil.copyfile(path, staging / path.name)

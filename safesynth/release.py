@@ -1,7 +1,15 @@
-"""The reference release pipeline: every stage in order, without Prefect.
+"""The release pipeline: the one place that knows the order of the stages.
 
-The Prefect flow in ``flows/release.py`` runs the same stage functions as tasks; this module is what the
-tests and library users call directly, and documents the order the flow must keep.
+:func:`run_release` calls every stage of :mod:`safesynth.stages` in order through a *runner*: by default
+:func:`direct` (a plain call: the whole product runs without Prefect); the Prefect flow in
+``flows/release.py`` passes a runner that wraps each stage in its task, and benchmarks call the same
+function. Inject the runner the way httpx injects a transport.
+
+Ordering guarantees:
+  * checks that need no private data run before the budget is reserved (``prepare``);
+  * the ledger records the outcome after publishing; if it cannot, the outcome is kept durably and
+    recorded by the next run, and a release that is visible is reported as published, never as failed;
+  * the private work directory is removed on every exit path.
 """
 
 from __future__ import annotations
@@ -9,8 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from safesynth import stages
 from safesynth.errors import GateFailedError, SafeSynthError
@@ -18,7 +27,21 @@ from safesynth.privacy.noise import NoiseSource
 
 log = logging.getLogger("safesynth")
 
-__all__ = ["ReleaseOutcome", "render_summary", "run_release"]
+__all__ = ["ReleaseOutcome", "Runner", "direct", "outcome_for_error", "render_summary", "run_release"]
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    """Runs one stage: ``run(name, function, *args, **kwargs)`` returns what ``function`` returns."""
+
+    def __call__(self, name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
+
+
+def direct(name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """The default runner: call the stage in this process."""
+    del name
+    return fn(*args, **kwargs)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,51 +64,76 @@ def run_release(
     *,
     release_id: str | None = None,
     noise: NoiseSource | None = None,
+    run: Runner = direct,
 ) -> ReleaseOutcome:
     """Run one release end to end. Raises SafeSynthError subclasses for bad specs, data and budgets.
 
     A release blocked by a gate does not raise: it returns ``status="blocked"`` with the reasons, and
-    nothing is written under the publish target.
+    nothing is written under the publish target. An error raised after :func:`stages.prepare` carries
+    ``release_id`` and ``dataset`` attributes.
     """
-    ctx = stages.prepare(spec_path, release_id)
-    spec = ctx.spec
-    if stages.already_published(ctx) is not None:
-        return ReleaseOutcome(release_id=ctx.release_id, dataset=spec.dataset, status="already_published",
+    ctx = run("prepare", stages.prepare, str(spec_path), release_id)
+    try:
+        return _run_prepared(ctx, noise=noise, run=run)
+    except SafeSynthError as exc:
+        exc.release_id, exc.dataset = ctx.release_id, ctx.spec.dataset  # type: ignore[attr-defined]
+        raise
+    finally:
+        run("cleanup", stages.cleanup, ctx)
+
+
+def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Runner) -> ReleaseOutcome:
+    location = run("check-published", stages.already_published, ctx)
+    if location is not None:
+        return ReleaseOutcome(release_id=ctx.release_id, dataset=ctx.spec.dataset, status="already_published",
                               message=f"release {ctx.release_id} is already published; nothing to do",
-                              location=f"{spec.target_uri}/{spec.dataset}/{ctx.release_id}")
-    reservation = stages.reserve_budget(ctx)
+                              location=location)
+    reservation = run("reserve-budget", stages.reserve_budget, ctx)
     status = "failed"
     try:
-        raw = stages.ingest(ctx, reservation)
-        clean, _ = stages.validate(ctx, raw)
-        train, holdout = stages.split(ctx, clean)
-        model = stages.fit(ctx, train, noise=noise)
-        synthetic = stages.sample(ctx, model)
-        files = stages.write_output(ctx, synthetic)
-        attack = stages.audit(ctx, synthetic, train, holdout)
-        decision = stages.gate(ctx, attack)
+        raw = run("ingest", stages.ingest, ctx, reservation)
+        clean = run("validate", stages.validate, ctx, raw)
+        train, holdout = run("split-holdout", stages.split, ctx, clean)
+        fitted = run("fit-dp-generator", stages.fit, ctx, train, noise=noise)
+        synthetic = run("sample", stages.sample, ctx, fitted)
+        files = run("write-parquet", stages.write_output, ctx, fitted, synthetic)
+        attack = run("audit", stages.audit, ctx, fitted, synthetic, train, holdout)
+        decision = run("gate", stages.gate, ctx, attack)
         if not decision.passed:
             status = "blocked"
             return _outcome(ctx, "blocked", GateFailedError(decision.reasons).args[0], exit_code=3)
-        published = stages.publish(ctx, files, decision)
+        published = run("publish", stages.publish, ctx, fitted, files, decision)
         status = "published"
-        return _outcome(ctx, "published", f"published {spec.sampling.rows} rows to {published.location}",
-                        location=published.location)
+    except BaseException:
+        if status == "failed" and stages.is_published(ctx):  # the error came after the release became visible
+            status = "published"
+            log.warning("release %s is visible at its target although publishing reported an error",
+                        ctx.release_id)
+            return _published(ctx, f"{ctx.spec.target_uri}/{ctx.spec.dataset}/{ctx.release_id}")
+        raise
     finally:
-        try:
-            stages.settle(ctx, reservation, status=status)
-        finally:
-            stages.cleanup(ctx)
+        run("settle-budget", stages.settle, ctx, reservation, status=status)
+    return _published(ctx, published.location)
+
+
+def _published(ctx: stages.RunContext, location: str) -> ReleaseOutcome:
+    return _outcome(ctx, "published", f"published {ctx.spec.sampling.rows} rows to {location}", location=location)
 
 
 def _outcome(ctx: stages.RunContext, status: str, message: str, *, location: str | None = None,
              exit_code: int = 0) -> ReleaseOutcome:
-    read = lambda name: json.loads(ctx.path(name).read_text()) if ctx.path(name).exists() else {}  # noqa: E731
-    account = stages.load_account(ctx).summary() if ctx.path("account.json").exists() else {}
+    read = lambda name: json.loads(ctx.report(name).read_text()) if ctx.report(name).exists() else {}  # noqa: E731
+    account = stages.load_account(ctx).summary() if ctx.report("account.json").exists() else {}
     return ReleaseOutcome(
         release_id=ctx.release_id, dataset=ctx.spec.dataset, status=status, message=message, location=location,
         privacy=account, audit=read("audit.json"), gate=read("gate.json"), exit_code=exit_code,
     )
+
+
+def outcome_for_error(exc: SafeSynthError) -> ReleaseOutcome:
+    """The outcome of a release that raised: one line, its exit code, no figures."""
+    return ReleaseOutcome(release_id=getattr(exc, "release_id", "-"), dataset=getattr(exc, "dataset", "-"),
+                          status="failed", message=str(exc), exit_code=exc.exit_code)
 
 
 def render_summary(outcome: ReleaseOutcome) -> str:
@@ -117,8 +165,3 @@ def render_summary(outcome: ReleaseOutcome) -> str:
         lines += [f"| {g['gate']} | {'yes' if g['passed'] else '**no**'} | {g['reason']} |"
                   for g in outcome.gate.get("gates", [])]
     return "\n".join(lines) + "\n"
-
-
-def outcome_for_error(spec_path: str, release_id: str | None, exc: SafeSynthError) -> ReleaseOutcome:
-    return ReleaseOutcome(release_id=release_id or "-", dataset="-", status="failed", message=str(exc),
-                          exit_code=exc.exit_code)

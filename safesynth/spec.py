@@ -48,7 +48,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity are never meaningful here (an infinite lifetime budget is no budget).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------- columns
@@ -399,6 +400,19 @@ def parse_spec(data: Any, *, origin: str = "<spec>", base_dir: str | os.PathLike
         raise SpecError(f"{origin}: invalid spec: " + "; ".join(problems)) from None
 
 
+class _AliasError(Exception):
+    pass
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing aliases: a few lines of nested aliases expand to gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasError
+        return super().compose_node(parent, index)
+
+
 def load_spec(path: str | os.PathLike[str]) -> ReleaseSpec:
     """Load and validate a release spec file. Reads no private data.
 
@@ -413,7 +427,9 @@ def load_spec(path: str | os.PathLike[str]) -> ReleaseSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read spec file ({exc.__class__.__name__})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader that also refuses aliases
+    except _AliasError:
+        raise SpecError(f"{path}: YAML anchors and aliases (&name, *name) are not allowed in a spec") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

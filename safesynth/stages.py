@@ -1,13 +1,20 @@
 """The release stages as plain functions: small typed inputs, paths or small results out.
 
-Prefect tasks wrap these one by one (``tasks/``); :func:`safesynth.release.run_release` calls them in
-order without Prefect. Private rows only ever live in the run's private work directory
-(``$SAFESYNTH_HOME/runs/<release_id>``, mode 0700), which is removed when the run ends.
+:func:`safesynth.release.run_release` owns the order and calls each stage through a runner (directly, or
+as a Prefect task in ``flows/``). The spec is loaded once, in :func:`prepare`, into the
+:class:`RunContext` every stage receives; what DP discovery learns is carried by :class:`Fitted` (a
+:class:`ResolvedSpec`), so no stage chooses between "the spec" and "the resolved spec".
+
+Private rows only ever live in the attempt's private work directory (:mod:`safesynth.workspace`, mode
+0700), which is removed on every exit path; exact diagnostics go to the attempt's restricted reports
+directory.
 
 Privacy invariants enforced here, at the point of danger:
+  * every check that needs no private data runs in :func:`prepare`, before the budget is reserved;
   * the budget is reserved in the ledger before the source is opened (:func:`reserve_budget`), and the
     reservation is marked "data read" *before* the first byte is read (:func:`ingest`);
-  * the holdout is split off before anything is fitted and is never passed to a generator;
+  * the holdout is split off with secret coins before anything is fitted and is never passed to a
+    generator;
   * publishing requires a passing gate decision (:func:`publish`).
 """
 
@@ -28,21 +35,26 @@ import pandas as pd
 
 import safesynth
 from safesynth.audit import AttackResult, GateDecision, dcr_attack, evaluate_gates
-from safesynth.errors import GateFailedError, PrivacyError
+from safesynth.errors import GateFailedError, InternalError, LedgerError, PrivacyError, SpecError
 from safesynth.generator import get_backend
 from safesynth.output import write_parquet
+from safesynth.preflight import check_release_id, preflight
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend
 from safesynth.privacy.noise import NoiseSource, default_noise
 from safesynth.privacy.planner import plan_budget
 from safesynth.publish import PublishedRelease, build_manifest_files, find_published, publish_release
 from safesynth.schema import arrow_schema
 from safesynth.spec import ReleaseSpec, load_spec
+from safesynth.workspace import Workspace, safesynth_home
 
 log = logging.getLogger("safesynth")
 
 __all__ = [
+    "Fitted",
+    "ResolvedSpec",
     "RunContext",
     "audit",
+    "cleanup",
     "fit",
     "gate",
     "ingest",
@@ -58,10 +70,6 @@ __all__ = [
 ]
 
 
-def safesynth_home() -> Path:
-    return Path(os.environ.get("SAFESYNTH_HOME", ".safesynth")).resolve()
-
-
 def new_release_id(dataset: str) -> str:
     """``<dataset>-<UTC time>-<random>``: unique, sortable, safe in paths and object keys."""
     return f"{dataset}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
@@ -69,37 +77,72 @@ def new_release_id(dataset: str) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunContext:
-    """Everything a stage needs to find its inputs; small and picklable (passed between tasks)."""
+    """One release attempt: the spec as loaded once, its id and its private directories. Picklable."""
 
+    spec: ReleaseSpec
     spec_path: str
     release_id: str
-    workdir: str
-
-    @property
-    def spec(self) -> ReleaseSpec:
-        return load_spec(self.spec_path)
+    workspace: Workspace
 
     def path(self, name: str) -> Path:
-        return Path(self.workdir) / name
+        """A file in the private work directory (private rows, models)."""
+        return self.workspace.path(name)
+
+    def report(self, name: str) -> Path:
+        """A file in the restricted reports directory (exact diagnostics for the data owner)."""
+        return self.workspace.report(name)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSpec:
+    """The release spec with every column's domain known: declared, or discovered with DP."""
+
+    spec: ReleaseSpec
+
+    def __post_init__(self) -> None:
+        unbounded = [name for name, col in self.spec.columns.items() if not col.bounded]
+        if unbounded:
+            raise InternalError(f"columns {unbounded} have no domain after discovery")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fitted:
+    """What the fit stage hands on: the saved model and the domains it was fitted on."""
+
+    model_dir: Path
+    schema: ResolvedSpec
 
 
 def prepare(spec_path: str | os.PathLike[str], release_id: str | None = None) -> RunContext:
-    """Validate the spec (no data read) and create the private work directory."""
+    """Load the spec once, run every check that needs no private data, make the attempt's directories.
+
+    Raises:
+        SpecError: a bad spec, release id, source location, publish target or ledger (exit code 2);
+            nothing is reserved or charged.
+    """
     spec = load_spec(spec_path)
-    release_id = release_id or new_release_id(spec.dataset)
-    if not release_id or "/" in release_id or release_id.startswith("."):
-        from safesynth.errors import SpecError
-
-        raise SpecError(f"`release_id` ({release_id!r}) must be a non-empty name without '/' or a leading '.'")
-    workdir = safesynth_home() / "runs" / release_id
-    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(workdir, 0o700)
-    return RunContext(spec_path=str(Path(spec_path).resolve()), release_id=release_id, workdir=str(workdir))
+    release_id = new_release_id(spec.dataset) if release_id is None else check_release_id(release_id)
+    preflight(spec)
+    workspace = Workspace.create(spec.dataset, release_id)
+    return RunContext(spec=spec, spec_path=str(Path(spec_path).resolve()), release_id=release_id,
+                      workspace=workspace)
 
 
-def already_published(ctx: RunContext) -> dict[str, Any] | None:
+def already_published(ctx: RunContext) -> str | None:
+    """The location of this release id if it is already published with the same spec, else None.
+
+    Raises:
+        SpecError: the release id is already published from a different spec (digest differs).
+    """
     spec = ctx.spec
-    return find_published(spec.target_uri, spec.dataset, ctx.release_id, spec.publish.storage_options)
+    manifest = find_published(spec.target_uri, spec.dataset, ctx.release_id, spec.publish.storage_options)
+    if manifest is None:
+        return None
+    if manifest.get("spec_digest") != spec.digest():
+        raise SpecError(f"release id `{ctx.release_id}` is already published from a different spec "
+                        f"(digest {str(manifest.get('spec_digest'))[:12]}, this spec {spec.digest()[:12]}); "
+                        "choose a new --release-id")
+    return f"{spec.target_uri}/{spec.dataset}/{ctx.release_id}"
 
 
 # ------------------------------------------------------------------------------------------- budget
@@ -115,30 +158,80 @@ def reserve_budget(ctx: RunContext) -> Any:
         from safesynth.privacy.discovery import check_discovery
 
         check_discovery(spec, plan.stage("discovery"))
+    flush_pending()
     with Ledger.for_spec(spec) as ledger:
         reservation = ledger.reserve(
             dataset=spec.dataset, release_id=ctx.release_id, spec_digest=spec.digest(),
             epsilon=plan.epsilon, delta=plan.delta, lifetime_epsilon=spec.privacy.lifetime_epsilon,
             lifetime_delta=spec.privacy.effective_lifetime_delta, accountant=plan.accountant,
         )
-    ctx.path("plan.json").write_text(json.dumps(plan.to_dict()))
+    ctx.report("plan.json").write_text(json.dumps(plan.to_dict()))
     log.info("reserved epsilon %.4g, delta %.3g for dataset %s (stages: %s)", plan.epsilon, plan.delta,
              spec.dataset, ", ".join(s.name for s in plan.stages))
     return reservation
 
 
 def settle(ctx: RunContext, reservation: Any, *, status: str) -> None:
-    """Close the reservation: refund if no data was read, otherwise record the spend (no refunds)."""
+    """Close the reservation: refund if no data was read, otherwise record the spend (no refunds).
+
+    Never raises for an unreachable ledger: the outcome is then written durably to
+    ``$SAFESYNTH_HOME/pending/`` and committed by the next run (:func:`flush_pending`), so a release that
+    is already visible is never reported as failed because the ledger was busy.
+    """
+    spends = load_account(ctx).spends if ctx.report("account.json").exists() else None
+    record = {"reservation": _reservation_dict(reservation), "status": status,
+              "data_read": ctx.path("data_read").exists(), "ledger": _ledger_url(ctx.spec),
+              "spends": [s.to_dict() for s in spends] if spends else None}
+    try:
+        _apply_settlement(record)
+    except LedgerError as exc:
+        pending = safesynth_home() / "pending"
+        pending.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = pending / f"{ctx.spec.dataset}--{ctx.release_id}--{secrets.token_hex(4)}.json"
+        path.write_text(json.dumps(record))
+        log.error("ledger unavailable (%s): outcome %s kept in %s; the next run records it", exc, status, path)
+        return
+    log.info("ledger: release %s recorded as %s", ctx.release_id,
+             status if record["data_read"] else "cancelled (no data was read)")
+
+
+def _ledger_url(spec: ReleaseSpec) -> str | None:
     from safesynth.privacy.ledger import Ledger
 
-    spends = load_account(ctx).spends if ctx.path("account.json").exists() else None
-    with Ledger.for_spec(ctx.spec) as ledger:
-        if not ctx.path("data_read").exists():
+    with Ledger.for_spec(spec) as ledger:
+        return ledger._engine.url.render_as_string(hide_password=False)  # restricted zone only
+
+
+def _reservation_dict(reservation: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(reservation)
+
+
+def _apply_settlement(record: dict[str, Any]) -> None:
+    from safesynth.privacy.ledger import Ledger, Reservation
+
+    reservation = Reservation(**record["reservation"])
+    with Ledger.open(record["ledger"]) as ledger:
+        if not record["data_read"]:
             ledger.cancel(reservation)
-            log.info("no data was read: budget reservation released")
             return
-        ledger.commit(reservation, status=status, spends=spends or None)
-    log.info("ledger: release %s recorded as %s", ctx.release_id, status)
+        spends = [StageSpend.from_dict(s) for s in record["spends"]] if record["spends"] else None
+        ledger.commit(reservation, status=record["status"], spends=spends)
+
+
+def flush_pending() -> None:
+    """Commit outcomes that an earlier run could not write to its ledger (see :func:`settle`)."""
+    pending = safesynth_home() / "pending"
+    for path in sorted(pending.glob("*.json")) if pending.is_dir() else ():
+        try:
+            _apply_settlement(json.loads(path.read_text()))
+        except LedgerError as exc:
+            if "already" not in str(exc):
+                log.warning("ledger still unavailable for %s: %s", path.name, exc)
+                continue
+        path.unlink(missing_ok=True)
+        log.info("ledger: recorded the pending outcome %s", path.name)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -161,7 +254,7 @@ def ingest(ctx: RunContext, reservation: Any) -> Path:
     return out
 
 
-def validate(ctx: RunContext, raw_path: Path) -> tuple[Path, dict[str, Any]]:
+def validate(ctx: RunContext, raw_path: Path) -> Path:
     """Great Expectations suite from the declared columns; raises SchemaValidationError."""
     from safesynth.io import source_display
     from safesynth.validation import validate_frame
@@ -171,62 +264,66 @@ def validate(ctx: RunContext, raw_path: Path) -> tuple[Path, dict[str, Any]]:
     out = ctx.path("clean.parquet")
     typed.to_parquet(out, index=False)
     raw_path.unlink(missing_ok=True)
-    summary_dict = summary.to_dict()
-    ctx.path("validation.json").write_text(json.dumps(summary_dict))
+    ctx.report("validation.json").write_text(json.dumps(summary.to_dict()))
     log.info("validation passed: %s checks of suite %s", summary.evaluated, summary.suite)
-    return out, summary_dict
+    return out
 
 
 def split(ctx: RunContext, clean_path: Path) -> tuple[Path, Path]:
-    """Split off the audit holdout (seeded) before anything is fitted."""
+    """Split off the audit holdout before anything is fitted, one secret coin per record.
+
+    The coins come from the operating system's CSPRNG, never from the spec's public seed, and each
+    record's coin is independent of the others: removing or adding a record changes no other record's
+    side (a seeded split indexed by row position would shift many rows between train and holdout).
+    """
     spec = ctx.spec
     frame = pd.read_parquet(clean_path)
-    rng = np.random.default_rng([spec.sampling.seed, 1])
+    rng = np.random.default_rng(secrets.randbits(128))
     is_holdout = rng.random(len(frame)) < spec.audit.holdout_fraction
     train, holdout = ctx.path("train.parquet"), ctx.path("holdout.parquet")
     frame[~is_holdout].to_parquet(train, index=False)
     frame[is_holdout].to_parquet(holdout, index=False)
     clean_path.unlink(missing_ok=True)
-    log.info("split off a %.0f%% audit holdout (never used for fitting)", 100 * spec.audit.holdout_fraction)
+    log.info("split off a %.0f%% audit holdout with secret coins (never used for fitting)",
+             100 * spec.audit.holdout_fraction)
     return train, holdout
 
 
 # ---------------------------------------------------------------------------------------- generator
 
 
-def fit(ctx: RunContext, train_path: Path, *, noise: NoiseSource | None = None) -> Path:
+def fit(ctx: RunContext, train_path: Path, *, noise: NoiseSource | None = None) -> Fitted:
     """Fit the spec's generator with DP on the training rows; records the spend in ``account.json``."""
     spec = ctx.spec
     plan = plan_budget(spec)
     account = ReleaseAccount(delta=spec.privacy.delta, accountant=spec.privacy.accountant)
     noise = noise or default_noise()
     train = pd.read_parquet(train_path)
-    if plan.has("discovery"):
-        from safesynth.privacy.discovery import discover_domains
-
-        spec = discover_domains(train, spec=spec, stage=plan.stage("discovery"), account=account, noise=noise)
-        ctx.path("resolved_spec.json").write_text(spec.model_dump_json())
-    backend = get_backend(spec.generator.kind)
     try:
-        model = backend.fit(train, spec=spec, plan=plan, account=account, noise=noise, workdir=ctx.path("fit"))
+        if plan.has("discovery"):
+            from safesynth.privacy.discovery import discover_domains
+
+            spec = discover_domains(train, spec=spec, stage=plan.stage("discovery"), account=account,
+                                    noise=noise)
+        schema = ResolvedSpec(spec)
+        model = get_backend(spec.generator.kind).fit(train, spec=spec, plan=plan, account=account, noise=noise,
+                                                     workdir=ctx.path("fit"))
     finally:
         save_account(ctx, account)  # whatever was spent before a failure stays recorded
+    _check_within_plan(ctx.spec, account)
     model_dir = ctx.path("model")
     model.save(model_dir)
     log.info("fitted %s generator with DP: epsilon %.4g (%s), delta %.3g", spec.generator.kind, account.epsilon,
              account.accountant, account.delta)
+    return Fitted(model_dir=model_dir, schema=schema)
+
+
+def _check_within_plan(spec: ReleaseSpec, account: ReleaseAccount) -> None:
     if account.epsilon > spec.privacy.epsilon * (1 + 1e-9) or account.basic_delta > spec.privacy.delta * (1 + 1e-9):
         raise PrivacyError(
             f"the generator spent epsilon {account.epsilon:.6g}, delta {account.basic_delta:.3g}; "
             f"more than the spec's ({spec.privacy.epsilon}, {spec.privacy.delta}): refusing to continue"
         )
-    return model_dir
-
-
-def resolved_spec(ctx: RunContext) -> ReleaseSpec:
-    """The spec with DP-discovered domains filled in (the spec itself when nothing was discovered)."""
-    path = ctx.path("resolved_spec.json")
-    return ReleaseSpec.model_validate_json(path.read_text()) if path.exists() else ctx.spec
 
 
 def shard_plan(spec: ReleaseSpec) -> list[tuple[int, int, int]]:
@@ -239,10 +336,10 @@ def shard_plan(spec: ReleaseSpec) -> list[tuple[int, int, int]]:
     return shards
 
 
-def sample(ctx: RunContext, model_dir: Path) -> Path:
+def sample(ctx: RunContext, fitted: Fitted) -> Path:
     """Sample the spec's number of rows, shard by shard (post-processing: reads no private data)."""
-    spec = resolved_spec(ctx)
-    model = get_backend(spec.generator.kind).load(model_dir, spec=spec)
+    spec = fitted.schema.spec
+    model = get_backend(spec.generator.kind).load(fitted.model_dir, spec=spec)
     from tqdm.auto import tqdm
 
     shards = shard_plan(spec)
@@ -258,21 +355,21 @@ def sample(ctx: RunContext, model_dir: Path) -> Path:
 
 
 def save_account(ctx: RunContext, account: ReleaseAccount) -> None:
-    ctx.path("account.json").write_text(json.dumps(
+    ctx.report("account.json").write_text(json.dumps(
         {"delta": account.delta, "accountant": account.accountant, "spends": [s.to_dict() for s in account.spends]}))
 
 
 def load_account(ctx: RunContext) -> ReleaseAccount:
-    data = json.loads(ctx.path("account.json").read_text())
+    data = json.loads(ctx.report("account.json").read_text())
     account = ReleaseAccount(delta=data["delta"], accountant=data["accountant"])
     for s in data["spends"]:
         account.add(StageSpend.from_dict(s))
     return account
 
 
-def write_output(ctx: RunContext, synthetic_path: Path) -> list[Path]:
+def write_output(ctx: RunContext, fitted: Fitted, synthetic_path: Path) -> list[Path]:
     """Parquet files with the declared schema and the privacy parameters in the key-value metadata."""
-    spec = resolved_spec(ctx)
+    spec = fitted.schema.spec
     summary = load_account(ctx).summary()
     frame = pd.read_parquet(synthetic_path)
     per = spec.publish.rows_per_file
@@ -292,21 +389,22 @@ def write_output(ctx: RunContext, synthetic_path: Path) -> list[Path]:
     return write_parquet(chunks, out_dir, spec=spec, metadata=metadata)
 
 
-def audit(ctx: RunContext, synthetic_path: Path, train_path: Path, holdout_path: Path) -> AttackResult:
+def audit(ctx: RunContext, fitted: Fitted, synthetic_path: Path, train_path: Path,
+          holdout_path: Path) -> AttackResult:
     """Membership inference: fitted rows vs holdout rows against the synthetic rows."""
-    spec = resolved_spec(ctx)
+    spec = fitted.schema.spec
     result = dcr_attack(
         pd.read_parquet(synthetic_path), pd.read_parquet(train_path), pd.read_parquet(holdout_path),
         spec=spec, low_fpr=spec.audit.low_fpr, max_rows=spec.audit.max_audit_rows, seed=spec.sampling.seed,
     )
-    ctx.path("audit.json").write_text(json.dumps(result.to_dict()))
+    ctx.report("audit.json").write_text(json.dumps(result.to_dict()))
     log.info("membership attack (%s): AUC %.3f, 95%% upper bound %.3f", result.attack, result.auc, result.auc_upper)
     return result
 
 
 def gate(ctx: RunContext, attack: AttackResult | None) -> GateDecision:
     decision = evaluate_gates(ctx.spec.audit, attack)
-    ctx.path("gate.json").write_text(json.dumps(decision.to_dict()))
+    ctx.report("gate.json").write_text(json.dumps(decision.to_dict()))
     for g in decision.gates:
         (log.info if g.passed else log.warning)("gate %s", g.reason)
     return decision
@@ -315,9 +413,9 @@ def gate(ctx: RunContext, attack: AttackResult | None) -> GateDecision:
 # ------------------------------------------------------------------------------------------ publish
 
 
-def build_manifest(ctx: RunContext, files: list[Path], decision: GateDecision) -> dict[str, Any]:
-    spec = resolved_spec(ctx)
-    read = lambda name: json.loads(ctx.path(name).read_text())  # noqa: E731
+def build_manifest(ctx: RunContext, fitted: Fitted, files: list[Path], decision: GateDecision) -> dict[str, Any]:
+    spec = fitted.schema.spec
+    read = lambda name: json.loads(ctx.report(name).read_text())  # noqa: E731
     schema = arrow_schema(spec)
     return {
         "format": "safesynth.release/1",
@@ -338,26 +436,36 @@ def build_manifest(ctx: RunContext, files: list[Path], decision: GateDecision) -
     }
 
 
-def publish(ctx: RunContext, files: list[Path], decision: GateDecision) -> PublishedRelease:
+def publish(ctx: RunContext, fitted: Fitted, files: list[Path], decision: GateDecision) -> PublishedRelease:
     """Publish atomically. Refuses without a passing gate decision."""
     if not decision.passed:
         raise GateFailedError(decision.reasons)
     spec = ctx.spec
-    manifest = build_manifest(ctx, files, decision)
+    _warn_if_spec_changed(ctx)
+    manifest = build_manifest(ctx, fitted, files, decision)
     return publish_release(files, manifest, target=spec.target_uri, dataset=spec.dataset,
                            release_id=ctx.release_id, storage_options=spec.publish.storage_options)
 
 
-def cleanup(ctx: RunContext, *, keep: tuple[str, ...] = ("audit.json", "gate.json", "plan.json", "account.json",
-                                                         "validation.json")) -> None:
-    """Remove private rows and models from the work directory; keep small, non-row artifacts."""
-    workdir = Path(ctx.workdir)
-    if not workdir.exists():
-        return
-    for entry in workdir.iterdir():
-        if entry.name in keep:
-            continue
-        if entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+def _warn_if_spec_changed(ctx: RunContext) -> None:
+    """The run uses the spec as loaded at start; say so if the file changed meanwhile."""
+    try:
+        current = load_spec(ctx.spec_path).digest()
+    except SpecError:
+        current = None
+    if current != ctx.spec.digest():
+        log.warning("spec file %s changed during the run; this release uses the spec as loaded at its start "
+                    "(digest %s)", ctx.spec_path, ctx.spec.digest()[:12])
+
+
+def is_published(ctx: RunContext) -> bool:
+    """Whether this release id is visible at the target with this run's spec (after a publish error)."""
+    try:
+        return already_published(ctx) is not None
+    except Exception:  # noqa: BLE001 - a target we cannot read shows nothing
+        return False
+
+
+def cleanup(ctx: RunContext) -> None:
+    """Remove the attempt's work directory (private rows, models); the restricted reports stay."""
+    ctx.workspace.close()

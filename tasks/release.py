@@ -1,95 +1,56 @@
-"""Prefect tasks of the release flow, one per stage in :mod:`safesynth.stages`.
+"""Prefect tasks of the release flow: one per stage of :mod:`safesynth.stages`, and the runner that uses them.
 
-Presets (see STYLE.md):
+:func:`safesynth.release.run_release` owns the stage order; the flow passes :func:`run_as_task`, which
+runs each stage through its task here. Presets (see STYLE.md):
   * ``PRIVATE``: tasks that touch private rows, draw noise or spend budget. No retries (a retry would draw
     fresh noise and spend budget again) and no caching or result persistence (Prefect would hash or pickle
     private data to disk).
-  * ``IO``: idempotent I/O (publishing to the target): retried with backoff.
-Only small values (paths, contexts, decisions) pass between tasks, never DataFrames.
+  * ``IO``: idempotent I/O (checking and publishing to the target): retried with backoff.
+Only small values (contexts, paths, decisions) pass between tasks, never DataFrames.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from safesynth import stages
-from safesynth.audit import AttackResult, GateDecision
-from safesynth.publish import PublishedRelease
+from safesynth.errors import InternalError
+
+T = TypeVar("T")
 
 PRIVATE: dict[str, Any] = {"retries": 0, "cache_policy": NO_CACHE, "persist_result": False}
 IO: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "cache_policy": NO_CACHE,
                       "persist_result": False}
 
+prepare = task(stages.prepare, name="prepare", **PRIVATE)
+already_published = task(stages.already_published, name="check-published", **IO)
+reserve_budget = task(stages.reserve_budget, name="reserve-budget", **PRIVATE)
+ingest = task(stages.ingest, name="ingest", **PRIVATE)
+validate = task(stages.validate, name="validate", **PRIVATE)
+split = task(stages.split, name="split-holdout", **PRIVATE)
+fit = task(stages.fit, name="fit-dp-generator", **PRIVATE)
+sample = task(stages.sample, name="sample", **PRIVATE)
+write_output = task(stages.write_output, name="write-parquet", **PRIVATE)
+audit = task(stages.audit, name="audit", **PRIVATE)
+gate = task(stages.gate, name="gate", **PRIVATE)
+publish = task(stages.publish, name="publish", **IO)
+settle = task(stages.settle, name="settle-budget", **PRIVATE)
+cleanup = task(stages.cleanup, name="cleanup", **PRIVATE)
 
-@task(name="prepare", **PRIVATE)
-def prepare(spec_path: str, release_id: str | None) -> stages.RunContext:
-    return stages.prepare(spec_path, release_id)
-
-
-@task(name="check-published", **IO)
-def already_published(ctx: stages.RunContext) -> bool:
-    return stages.already_published(ctx) is not None
-
-
-@task(name="reserve-budget", **PRIVATE)
-def reserve_budget(ctx: stages.RunContext) -> Any:
-    return stages.reserve_budget(ctx)
-
-
-@task(name="ingest", **PRIVATE)
-def ingest(ctx: stages.RunContext, reservation: Any) -> Path:
-    return stages.ingest(ctx, reservation)
-
-
-@task(name="validate", **PRIVATE)
-def validate(ctx: stages.RunContext, raw: Path) -> tuple[Path, dict[str, Any]]:
-    return stages.validate(ctx, raw)
+TASKS: dict[str, Task[..., Any]] = {t.name: t for t in (
+    prepare, already_published, reserve_budget, ingest, validate, split, fit, sample, write_output, audit, gate,
+    publish, settle, cleanup,
+)}
 
 
-@task(name="split-holdout", **PRIVATE)
-def split(ctx: stages.RunContext, clean: Path) -> tuple[Path, Path]:
-    return stages.split(ctx, clean)
-
-
-@task(name="fit-dp-generator", **PRIVATE)
-def fit(ctx: stages.RunContext, train: Path) -> Path:
-    return stages.fit(ctx, train)
-
-
-@task(name="sample", **PRIVATE)
-def sample(ctx: stages.RunContext, model: Path) -> Path:
-    return stages.sample(ctx, model)
-
-
-@task(name="write-parquet", **PRIVATE)
-def write_output(ctx: stages.RunContext, synthetic: Path) -> list[Path]:
-    return stages.write_output(ctx, synthetic)
-
-
-@task(name="audit", **PRIVATE)
-def audit(ctx: stages.RunContext, synthetic: Path, train: Path, holdout: Path) -> AttackResult:
-    return stages.audit(ctx, synthetic, train, holdout)
-
-
-@task(name="gate", **PRIVATE)
-def gate(ctx: stages.RunContext, attack: AttackResult) -> GateDecision:
-    return stages.gate(ctx, attack)
-
-
-@task(name="publish", **IO)
-def publish(ctx: stages.RunContext, files: list[Path], decision: GateDecision) -> PublishedRelease:
-    return stages.publish(ctx, files, decision)
-
-
-@task(name="settle-budget", **PRIVATE)
-def settle(ctx: stages.RunContext, reservation: Any, status: str) -> None:
-    stages.settle(ctx, reservation, status=status)
-
-
-@task(name="cleanup", **PRIVATE)
-def cleanup(ctx: stages.RunContext) -> None:
-    stages.cleanup(ctx)
+def run_as_task(name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """A :class:`safesynth.release.Runner` that runs each stage as its Prefect task."""
+    wrapped = TASKS.get(name)
+    if wrapped is None or wrapped.fn is not fn:
+        raise InternalError(f"no Prefect task wraps stage `{name}` ({getattr(fn, '__name__', fn)})")
+    result: T = wrapped(*args, **kwargs)
+    return result

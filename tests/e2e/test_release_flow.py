@@ -127,7 +127,9 @@ def test_exhausted_budget_blocks_before_reading_the_source(tmp_path, safesynth_h
     first = run_cli("release", str(spec), "--engine", "local", "--release-id", "r1")
     assert first.exit_code == 0, first.output
     data = yaml.safe_load(spec.read_text())
-    data["source"] = str(tmp_path / "does-not-exist.csv")  # proves the data is not read first
+    garbage = tmp_path / "garbage.csv"  # passes the pre-flight checks, fails if it were read: proves it is not
+    garbage.write_bytes(b"\xff\xfe not, a\n\"csv")
+    data["source"] = str(garbage)
     spec.write_text(yaml.safe_dump(data))
     second = run_cli("release", str(spec), "--engine", "local", "--release-id", "r2")
     assert second.exit_code == 3, second.output

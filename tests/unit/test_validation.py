@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -118,11 +117,10 @@ def test_demo_generator_is_deterministic_and_matches_the_spec_it_writes(tmp_path
 
 
 @pytest.mark.skipif(not ADULT_CSV.exists(), reason="shared adult.csv not available")
-def test_adult_csv_validates_against_its_spec_in_a_few_seconds():
+def test_adult_csv_validates_against_its_spec():
+    # Speed is a benchmark's business (bench/), never a timed test.
     spec = load_spec(DATA / "adult.yaml")
-    started = time.perf_counter()
     frame, summary = validate_frame(read_source(spec), spec, source_name=source_display(spec))
-    assert time.perf_counter() - started < 10
     assert len(frame.columns) == 15
     assert str(frame["fnlwgt"].dtype) == "Int64"
     assert frame["occupation"].isna().any()  # documented missing values, declared nullable

@@ -1,0 +1,77 @@
+"""Checks that need no private data, run before the budget is reserved.
+
+A configuration error found here costs nothing: no reservation was made and no byte of the source was
+read. Everything a spec, a release id, a source location, a publish target or a ledger can get wrong
+without looking inside the data is checked here, so that the failures left after the reservation are
+failures of the data itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from safesynth.errors import LedgerError, SpecError
+from safesynth.spec import ReleaseSpec
+
+__all__ = ["check_ledger", "check_release_id", "check_target", "preflight"]
+
+_RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_release_id(release_id: str) -> str:
+    """A release id names a directory and an object key: letters, digits, '_', '.', '-', at most 128.
+
+    Raises:
+        SpecError: anything else (empty, a path separator, a leading '.', control characters, too long).
+    """
+    if not _RELEASE_ID.match(release_id) or ".." in release_id:
+        shown = release_id if release_id.isprintable() and len(release_id) <= 40 else f"{len(release_id)} characters"
+        raise SpecError(f"`release_id` ({shown!r}) must be 1 to 128 letters, digits, '_', '.' or '-', "
+                        "starting with a letter or digit")
+    return release_id
+
+
+def check_target(spec: ReleaseSpec) -> None:
+    """The publish target is a directory that exists or can be created, and is writable.
+
+    Object-store targets are checked when publishing (credentials and buckets are the store's business).
+    """
+    target = spec.target_uri
+    if "://" in target and not target.startswith("file://"):
+        return
+    path = Path(target.removeprefix("file://"))
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():
+            raise SpecError(f"`publish.target` ({target}) passes through a broken symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is" if existing == path else f"is inside {existing}, which is"
+        raise SpecError(f"`publish.target` ({target}) {what} not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(f"`publish.target` ({target}): {existing} is not writable")
+
+
+def check_ledger(spec: ReleaseSpec) -> None:
+    """The ledger opens (driver installed, database reachable, tables created)."""
+    from safesynth.privacy.ledger import Ledger
+
+    try:
+        with Ledger.for_spec(spec):
+            pass
+    except LedgerError as exc:
+        raise SpecError(f"`ledger.url`: {exc}") from None
+    except (ImportError, OSError) as exc:
+        raise SpecError(f"`ledger.url`: cannot open the budget ledger ({exc.__class__.__name__})") from None
+
+
+def preflight(spec: ReleaseSpec) -> None:
+    """Every check that needs no private data. Raises SpecError or SourceReadError (exit code 2)."""
+    from safesynth.io import check_source
+
+    spec.source_format  # noqa: B018 - raises SpecError for an unknown extension
+    check_source(spec)
+    check_target(spec)
+    check_ledger(spec)
