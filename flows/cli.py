@@ -40,7 +40,7 @@ err = Console(stderr=True)
 
 def _mount_budget() -> None:
     try:
-        from safesynth.cli_budget import budget_app
+        from flows.cli_budget import budget_app
     except ImportError:  # pragma: no cover - only while the module is missing
         return
     app.add_typer(budget_app, name="budget", help="Show a dataset's privacy budget ledger.")

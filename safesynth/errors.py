@@ -8,16 +8,20 @@ Hierarchy::
 
     SafeSynthError                      exit code 1 unless stated
     +-- SpecError                       exit 2: the release spec is invalid (names file and key path)
+    |   +-- LifetimeMismatchError       the spec's lifetime budget differs from the ledger's
+    |   +-- ReleaseIdConflictError      the release id was already used for a different spec
     +-- DataError                       exit 2: the source cannot be read or does not match the spec
     |   +-- SourceReadError             the file is missing, unreadable, empty, malformed or mis-encoded
     |   +-- SchemaValidationError       Great Expectations rules failed (counts per rule, never values)
     +-- PrivacyError                    exit 1: a privacy invariant would be violated
     |   +-- BudgetExceededError         exit 3: the planned spend does not fit the remaining budget
     |   +-- LedgerError                 the budget ledger cannot be read or written
+    |       +-- ReleaseInProgressError  another attempt of the same release id holds its reservation
     +-- GeneratorError                  exit 1: fitting or sampling the generator failed
     +-- GateFailedError                 exit 3: an audit gate blocked the release (per-gate reasons)
     +-- PublishError                    exit 1: the release could not be published atomically
     +-- InternalError                   exit 1: an internal invariant was violated (a bug; never ``assert``)
+    +-- AlreadyPublishedError           exit 0: the release is already published; nothing to do
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "AlreadyPublishedError",
     "BudgetExceededError",
     "DataError",
     "GateFailedError",
     "GeneratorError",
     "InternalError",
     "LedgerError",
+    "LifetimeMismatchError",
     "PrivacyError",
     "PublishError",
+    "ReleaseIdConflictError",
+    "ReleaseInProgressError",
     "SafeSynthError",
     "SchemaValidationError",
     "SourceReadError",
@@ -50,6 +58,14 @@ class SpecError(SafeSynthError):
     """The release spec is invalid."""
 
     exit_code = 2
+
+
+class LifetimeMismatchError(SpecError):
+    """The spec's lifetime budget differs from the one recorded for the dataset (change it explicitly)."""
+
+
+class ReleaseIdConflictError(SpecError):
+    """The release id was already used by the ledger for a release of a different spec."""
 
 
 class DataError(SafeSynthError):
@@ -104,6 +120,10 @@ class LedgerError(PrivacyError):
     """The budget ledger cannot be read or written."""
 
 
+class ReleaseInProgressError(LedgerError):
+    """Another attempt of the same release id holds a reservation (running, or stale on another host)."""
+
+
 class GeneratorError(SafeSynthError):
     """Fitting or sampling a generator failed."""
 
@@ -128,3 +148,13 @@ class InternalError(SafeSynthError):
     Raised instead of ``assert`` wherever a privacy or accounting invariant is checked, so the check
     survives ``python -O`` (Tumult Analytics' ``AnalyticsInternalError`` plays the same role).
     """
+
+
+class AlreadyPublishedError(SafeSynthError):
+    """The release id is already published with this spec: nothing to do (exit code 0).
+
+    Raised by the ledger when a new attempt of a published release is reserved; callers normally ask
+    first (``Ledger.already_published``) and report "already published" without an error.
+    """
+
+    exit_code = 0

@@ -37,6 +37,8 @@ from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from safesynth.errors import InternalError
+
 __all__ = [
     "ReleaseAccount",
     "StageSpend",
@@ -181,7 +183,8 @@ def calibrate_noise_multiplier(
             hi = mid
         else:
             lo = mid
-    assert eps_of(hi) <= epsilon, "calibration must never overshoot"
+    if not eps_of(hi) <= epsilon:
+        raise InternalError(f"calibration overshot: noise multiplier {hi:.6g} gives epsilon above `epsilon` ({epsilon})")
     return hi
 
 

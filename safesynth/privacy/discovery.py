@@ -46,7 +46,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from safesynth.errors import DataError, SpecError
+from safesynth.errors import DataError, InternalError, SpecError
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon
 from safesynth.privacy.mechanisms import GaussianMechanism, LaplaceMechanism
 from safesynth.privacy.noise import NoiseSource
@@ -396,7 +396,8 @@ def _discover_column(
     lo, hi = bounds
     if integer:
         return col.model_copy(update={"min": int(lo), "max": int(hi)})
-    assert isinstance(col, FloatColumn)
+    if not isinstance(col, FloatColumn):
+        raise InternalError(f"column `{name}`: expected a float column after the integer case")
     lo, hi = _outward(lo, hi, precision=col.precision, keep_lo=col.min is not None, keep_hi=col.max is not None)
     return col.model_copy(update={"min": lo, "max": hi})
 

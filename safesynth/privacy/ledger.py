@@ -1,271 +1,151 @@
 """The durable privacy-budget ledger: every release of a dataset, reserved before any data is read.
 
-Storage: SQLAlchemy 2, SQLite by default (``$SAFESYNTH_HOME/ledger.db``, ``SAFESYNTH_HOME`` defaulting to
-``./.safesynth``), any SQLAlchemy URL otherwise (e.g. ``postgresql+psycopg://...``). Two tables: one row
-per dataset (its lifetime budget; the row every writer locks) and one row per release *attempt*
-(planned (epsilon, delta), status, whether private data was read, and the stage spends as JSON, each
-stage's event serialised with :func:`~safesynth.privacy.accountant.event_to_dict`).
+Storage (:mod:`safesynth.privacy.ledger_store`): SQLAlchemy 2, SQLite by default
+(``$SAFESYNTH_HOME/ledger.db``), PostgreSQL with ``pip install 'safesynth[postgres]'``. Which ledger:
+``--ledger-url`` on the command line, else ``$SAFESYNTH_LEDGER_URL`` (operator configuration, overriding
+the spec), else the spec's ``ledger.url``, else the default; :func:`resolve_ledger_url` is the one place
+that decides. :func:`preflight_ledger` checks it (URL, driver, directory, connection, tables) before a
+release reserves anything; every problem there is a SpecError (exit 2).
+
+Two tables: one row per dataset (its lifetime budget; the row every writer locks) and one row per release
+*attempt* (planned (epsilon, delta), status, whether private data was read, the stage spends as JSON, and
+the owner process of the attempt).
 
 Life of a release::
 
     reserve()  -> status "reserved"                 counted at its planned (epsilon, delta)
     mark_data_read()                                from now on never refunded
-    commit(status=published|blocked|failed, spends) counted at what ``spends`` say was spent
-                                                    (at the plan if ``spends`` is None)
+    commit(status=published|blocked|failed, spends) counted as below
     cancel()   -> status "cancelled"                refund; refused once data was read
+    abandon()  (operator, for a dead owner)         "failed" at the plan if data was read, else "cancelled"
 
-A process that dies after ``mark_data_read`` leaves its row "reserved" with ``data_read`` set: it stays
-counted at the planned amount forever (fail closed). A row that died *before* reading data also stays
-counted until an operator cancels it (``find()`` then ``record.reservation()`` then ``cancel()``).
+What a commit charges, and how ``spent`` and ``remaining`` are computed (and why that is sound):
+see :mod:`safesynth.privacy.ledger_records`. ``budget show`` reports exactly the figures ``reserve``
+admits against.
 
-How ``remaining`` is computed, and why it is sound
---------------------------------------------------
-Every row that is not cancelled counts as ``(epsilon_r, delta_r)``:
+Every transaction is retried on transient errors (a locked SQLite file, a PostgreSQL serialization
+failure, a dropped connection) for up to ``retry_for`` seconds (60 by default). Repeating ``commit``,
+``mark_data_read`` or ``cancel`` with the same arguments is a no-op, and a retried ``reserve`` finds the
+row it may already have written (by its owner token), so a retry after an ambiguous failure (the write
+landed, the acknowledgement did not) neither fails nor charges twice.
 
-* no recorded spends (in flight, crashed, or committed with ``spends=None``): the planned (epsilon,
-  delta). A release is calibrated stage by stage to fit its plan, so it is (planned epsilon, planned
-  delta)-DP whatever it managed to do before it stopped.
-* recorded spends: the release's own guarantee at its planned delta, computed at commit by
-  :class:`~safesynth.privacy.accountant.ReleaseAccount` (the minimum of its accountant and of basic
-  composition, both valid), with ``delta_r`` = the planned delta (0 if nothing was spent).
+Release ids: an id belongs to one spec; reserving it with another spec digest raises
+:class:`~safesynth.errors.ReleaseIdConflictError` (cancelled attempts do not bind it). While an attempt is
+"reserved", a new attempt of the same id is refused (:class:`~safesynth.errors.ReleaseInProgressError`),
+unless its owner is provably dead (same machine and pid namespace, and the pid is gone or recycled): that
+stale attempt is then closed as :meth:`Ledger.abandon` would, and the new one proceeds. Once an attempt is
+published, a new one raises :class:`~safesynth.errors.AlreadyPublishedError`.
 
-``spent = (fsum epsilon_r, fsum delta_r)`` and ``remaining = lifetime - spent`` (floored at 0), separately
-for epsilon and delta. A reservation is accepted only if ``spent + requested <= lifetime`` for both,
-the lifetime being the smaller of the one first recorded for the dataset and the one the caller passes.
-This is *basic composition*, which stays valid when each release's parameters are chosen after seeing
-earlier releases (fully adaptive composition: the basic-composition privacy filter of Rogers, Roth,
-Ullman and Vadhan 2016). So the dataset's total privacy loss, over all releases ever counted, is at most
-the recorded lifetime (epsilon, delta). Rounding: sums use ``math.fsum`` and no tolerance is added.
-
-``spent_epsilon_composed`` is reported, never used to admit a release: the RDP composition of all stored
-events at ``lifetime_delta - (sum of their extra deltas)``, rows without events entering as pure
-epsilon-DP worst cases (randomized response) plus their delta, and then the minimum with the basic sum
-(when the basic delta fits). It is a valid, tighter bound only if the releases were not chosen
-adaptively (RDP accounting with the order chosen afterwards is not a privacy filter).
+Lifetime: the first reservation of a dataset records its lifetime (epsilon, delta). A later spec that
+declares a different one is refused (:class:`~safesynth.errors.LifetimeMismatchError`); the operator changes
+it with :meth:`Ledger.set_lifetime` (``safesynth budget set-lifetime``), never below what is spent.
 
 Concurrency: ``reserve`` reads the spent total and inserts the new row in one transaction holding the
 dataset's lock: ``BEGIN IMMEDIATE`` on SQLite (one writer at a time across processes; every transaction
-here begins that way), ``SELECT ... FOR UPDATE`` on the dataset row elsewhere (PostgreSQL, MySQL).
+here begins that way), ``SELECT ... FOR UPDATE`` on the dataset row elsewhere (PostgreSQL).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from dp_accounting.dp_event import DpEvent
-from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Double,
-    Engine,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    insert,
-    select,
-    update,
-)
-from sqlalchemy.engine import Connection, RowMapping, make_url
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from safesynth.errors import BudgetExceededError, LedgerError
-from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon, pure_dp_event
+from safesynth.errors import (
+    AlreadyPublishedError,
+    InternalError,
+    LedgerError,
+    PrivacyError,
+    ReleaseInProgressError,
+    SpecError,
+)
+from safesynth.privacy import ledger_store as store
+from safesynth.privacy.accountant import StageSpend
+from safesynth.privacy.ledger_records import (
+    Budget,
+    BudgetSummary,
+    ReleaseRecord,
+    Reservation,
+    charge,
+    check_amounts,
+    check_digest,
+    check_lifetime,
+    composed_epsilon,
+    fits,
+    now,
+    over_plan,
+    owner_of,
+    record_of,
+    release_guarantee,
+    require_status,
+    reservation_of,
+)
+from safesynth.privacy.ledger_store import Owner, default_url, resolve_ledger_url
+from safesynth.privacy.planner import BudgetPlan
 from safesynth.spec import ReleaseSpec
 
-__all__ = ["BudgetSummary", "Ledger", "ReleaseRecord", "Reservation", "default_url"]
+__all__ = [
+    "BudgetSummary",
+    "Ledger",
+    "ReleaseRecord",
+    "Reservation",
+    "check_ledger",
+    "default_url",
+    "preflight_ledger",
+    "resolve_ledger_url",
+]
+
+log = logging.getLogger(__name__)
 
 COMMIT_STATUSES = ("published", "blocked", "failed")
-
-_metadata = MetaData()
-_datasets = Table(
-    "safesynth_budget_datasets",
-    _metadata,
-    Column("dataset", String(128), primary_key=True),
-    Column("lifetime_epsilon", Double, nullable=False),
-    Column("lifetime_delta", Double, nullable=False),
-    Column("created_at", DateTime, nullable=False),
-)
-_releases = Table(
-    "safesynth_budget_releases",
-    _metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("dataset", String(128), ForeignKey(_datasets.c.dataset), nullable=False, index=True),
-    Column("release_id", String(255), nullable=False),
-    Column("attempt", Integer, nullable=False),
-    Column("spec_digest", String(128), nullable=False),
-    Column("accountant", String(16), nullable=False),
-    Column("planned_epsilon", Double, nullable=False),
-    Column("planned_delta", Double, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("data_read", Boolean, nullable=False),
-    Column("spent_epsilon", Double, nullable=True),
-    Column("spent_delta", Double, nullable=True),
-    Column("stages", Text, nullable=True),
-    Column("created_at", DateTime, nullable=False),
-    Column("data_read_at", DateTime, nullable=True),
-    Column("finished_at", DateTime, nullable=True),
-    UniqueConstraint("dataset", "release_id", "attempt", name="uq_safesynth_release_attempt"),
-)
+_datasets, _releases = store.datasets, store.releases
+T = TypeVar("T")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)  # stored naive, always UTC
+# ---------------------------------------------------------------------------------- URLs, pre-flight
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
+def check_ledger(url: str, *, source: str = "spec") -> None:
+    """Check that the ledger at ``url`` can be used, before anything is reserved in it.
 
+    The URL parses, its driver is installed, a SQLite file's directory exists or can be created, and the
+    database accepts a connection and has (or now gets) the ledger's tables. No budget is recorded.
 
-def default_url() -> str:
-    """SQLite file ``$SAFESYNTH_HOME/ledger.db`` (``SAFESYNTH_HOME`` defaults to ``./.safesynth``)."""
-    home = Path(os.environ.get("SAFESYNTH_HOME") or ".safesynth").expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'ledger.db'}"
+    Args:
+        url: an absolute URL, e.g. from :func:`resolve_ledger_url`.
+        source: where the URL came from, named in errors (``spec``, ``SAFESYNTH_LEDGER_URL`` ...).
 
-
-# ------------------------------------------------------------------------------------------ values
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Reservation:
-    """A release attempt's claim on the budget, returned by :meth:`Ledger.reserve`."""
-
-    id: int
-    dataset: str
-    release_id: str
-    attempt: int
-    spec_digest: str
-    epsilon: float
-    delta: float
-    accountant: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReleaseRecord:
-    """One release attempt as stored; ``epsilon``/``delta`` are what it counts against the lifetime."""
-
-    id: int
-    dataset: str
-    release_id: str
-    attempt: int
-    status: str
-    epsilon: float
-    delta: float
-    planned_epsilon: float
-    planned_delta: float
-    spec_digest: str
-    accountant: str
-    data_read: bool
-    created_at: datetime
-    finished_at: datetime | None
-    stages: tuple[dict[str, Any], ...] = field(default=())
-
-    def reservation(self) -> Reservation:
-        """The reservation handle of this attempt (to commit or cancel it, e.g. after a crash)."""
-        return Reservation(
-            id=self.id, dataset=self.dataset, release_id=self.release_id, attempt=self.attempt,
-            spec_digest=self.spec_digest, epsilon=self.planned_epsilon, delta=self.planned_delta,
-            accountant=self.accountant,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("id", "dataset")}
-        data.update(created_at=self.created_at.isoformat(), stages=list(self.stages),
-                    finished_at=self.finished_at.isoformat() if self.finished_at else None)
-        return data
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BudgetSummary:
-    """A dataset's lifetime budget, what its releases spent, and what remains (see module docstring)."""
-
-    dataset: str
-    lifetime_epsilon: float
-    lifetime_delta: float
-    spent_epsilon_basic: float
-    spent_delta_basic: float
-    spent_epsilon_composed: float
-    remaining_epsilon: float
-    remaining_delta: float
-    releases: tuple[ReleaseRecord, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "releases"}
-        if not math.isfinite(self.spent_epsilon_composed):
-            data["spent_epsilon_composed"] = None  # strict JSON has no inf
-        data["composition"] = "basic (fully adaptive); composed = RDP at lifetime delta, informational"
-        data["releases"] = [r.to_dict() for r in self.releases]
-        return data
-
-
-# -------------------------------------------------------------------------------------- row helpers
-
-
-def _counted(row: RowMapping) -> tuple[float, float]:
-    """What a stored row counts against the lifetime budget (see module docstring)."""
-    if row["status"] == "cancelled":
-        return 0.0, 0.0
-    if row["spent_epsilon"] is not None:
-        return float(row["spent_epsilon"]), float(row["spent_delta"])
-    return float(row["planned_epsilon"]), float(row["planned_delta"])
-
-
-def _stages(row: RowMapping) -> list[dict[str, Any]]:
-    if row["stages"] is None:
-        return []
+    Raises:
+        SpecError: one line naming ``ledger.url`` and what to fix (exit code 2).
+    """
     try:
-        data = json.loads(row["stages"])
-    except ValueError as exc:
-        raise LedgerError(f"ledger row {row['id']} has unreadable stage spends") from exc
-    return list(data)
+        Ledger.open(url, source=source).close()
+    except LedgerError as exc:
+        raise SpecError(f"`ledger.url` ({store.display_url(url)}{_from(source)}) cannot be used: {exc}") from exc
 
 
-def _record(row: RowMapping) -> ReleaseRecord:
-    epsilon, delta = _counted(row)
-    return ReleaseRecord(
-        id=int(row["id"]), dataset=row["dataset"], release_id=row["release_id"], attempt=int(row["attempt"]),
-        status=row["status"], epsilon=epsilon, delta=delta, planned_epsilon=float(row["planned_epsilon"]),
-        planned_delta=float(row["planned_delta"]), spec_digest=row["spec_digest"],
-        accountant=row["accountant"], data_read=bool(row["data_read"]),
-        created_at=row["created_at"].replace(tzinfo=UTC), finished_at=_utc(row["finished_at"]),
-        stages=tuple(_stages(row)),
-    )
+def preflight_ledger(spec: ReleaseSpec) -> str:
+    """Resolve the spec's ledger (environment first) and check it; call before reserving.
+
+    Returns:
+        The resolved URL, password hidden (for logs).
+
+    Raises:
+        SpecError: the ledger URL cannot be used (exit code 2).
+    """
+    url, source = store.resolve_with_source(spec)
+    check_ledger(url, source=source)
+    return store.display_url(url)
 
 
-def _composed_epsilon(rows: Sequence[RowMapping], *, lifetime_delta: float) -> float:
-    """RDP composition of every counted row at the lifetime delta (informational, see docstring)."""
-    events: list[DpEvent] = []
-    extra: list[float] = []
-    for row in rows:
-        epsilon, delta = _counted(row)
-        if row["status"] == "cancelled" or (epsilon == 0.0 and delta == 0.0):
-            continue
-        if row["spent_epsilon"] is not None and row["stages"] is not None:
-            spends = [StageSpend.from_dict(d) for d in _stages(row)]
-            events.extend(s.event for s in spends)
-            extra.extend(s.extra_delta for s in spends)
-        else:
-            events.append(pure_dp_event(epsilon))
-            extra.append(delta)
-    budget = lifetime_delta - math.fsum(extra)
-    if budget < 0:
-        return math.inf
-    return compose_epsilon(events, delta=budget, accountant="rdp")
+def _from(source: str) -> str:
+    return "" if source == "spec" else f", from {source}"
 
 
 # ----------------------------------------------------------------------------------------- ledger
@@ -274,40 +154,71 @@ def _composed_epsilon(rows: Sequence[RowMapping], *, lifetime_delta: float) -> f
 class Ledger:
     """The budget ledger behind one SQLAlchemy engine. Use :meth:`open`; thread-safe; close when done."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, retry_for: float = 60.0, owner_column: bool = True) -> None:
         self._engine = engine
+        self._retry_for = retry_for
+        self._columns = [c for c in _releases.c if owner_column or c.name != "owner"]
 
     # Opening ----------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str | None = None) -> Ledger:
-        """Open (creating tables if needed) the ledger at ``url``; ``None``: :func:`default_url`."""
-        url = url or default_url()
+    def open(cls, url: str | None = None, *, source: str = "spec", lock_timeout: float = 5.0,
+             retry_for: float = 60.0) -> Ledger:
+        """Open (creating the directory and tables if needed) the ledger at ``url``.
+
+        Args:
+            url: a SQLAlchemy URL; ``None``: :func:`resolve_ledger_url` without a spec.
+            source: where ``url`` came from, named in errors.
+            lock_timeout: seconds a statement waits for another writer's lock before failing (SQLite's busy
+                timeout, PostgreSQL's ``lock_timeout``); the failure is then retried.
+            retry_for: seconds :meth:`commit` and the other closing writes keep retrying transient errors.
+
+        Raises:
+            SpecError: the URL, its driver or its SQLite directory is unusable.
+            LedgerError: the database cannot be reached or its tables created.
+        """
+        if url is None:
+            url, source = store.resolve_with_source()
+        parsed = store.parse_checked(url, source=source)
+        if parsed.get_backend_name() == "sqlite":
+            store.ensure_sqlite_parent(parsed, source=source)
+        engine = store.make_engine(parsed, lock_timeout=lock_timeout)
         try:
-            parsed = make_url(url)
+            store.with_retries(lambda: _prepare(engine, create=True), what="opening", retry_for=retry_for)
         except SQLAlchemyError as exc:
-            raise LedgerError(f"`ledger.url` is not a valid SQLAlchemy URL ({exc.__class__.__name__})") from exc
+            engine.dispose()
+            raise LedgerError(f"cannot open the budget ledger {store.display_url(parsed)}: {_reason(exc)}") from exc
+        return cls(engine, retry_for=retry_for)
+
+    @classmethod
+    def open_existing(cls, url: str, *, source: str = "spec") -> Ledger | None:
+        """Open the ledger at ``url`` only if it exists: creates no file, directory or table.
+
+        Returns:
+            The ledger, or ``None`` when nothing was ever recorded there (no SQLite file, or no tables).
+        """
+        parsed = store.parse_checked(url, source=source)
+        path = store.sqlite_path(parsed) if parsed.get_backend_name() == "sqlite" else None
+        if path is not None and not path.is_file():
+            return None
+        engine = store.make_engine(parsed, lock_timeout=5.0)
         try:
-            if parsed.get_backend_name() == "sqlite":
-                engine = _sqlite_engine(parsed)
-            else:
-                engine = create_engine(parsed, pool_pre_ping=True)
-            with engine.begin() as conn:
-                _metadata.create_all(conn)
+            with engine.connect() as conn:
+                found = store.tables_exist(conn)
+                missing = store.missing_columns(conn) if found else set()
         except SQLAlchemyError as exc:
-            shown = parsed.render_as_string(hide_password=True)
-            raise LedgerError(f"cannot open the budget ledger {shown}: {_reason(exc)}") from exc
-        return cls(engine)
+            engine.dispose()
+            raise LedgerError(f"cannot open the budget ledger {store.display_url(parsed)}: {_reason(exc)}") from exc
+        if not found:
+            engine.dispose()
+            return None
+        return cls(engine, owner_column="owner" not in missing)
 
     @classmethod
     def for_spec(cls, spec: ReleaseSpec) -> Ledger:
-        """Open the spec's ledger; a relative SQLite path is resolved against the spec's directory."""
-        url = spec.ledger.url
-        if url is not None and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            path = url.removeprefix("sqlite:///")
-            if path and path != ":memory:" and not path.startswith("file:"):
-                url = f"sqlite:///{spec.resolve(path)}"
-        return cls.open(url)
+        """Open the ledger a release of ``spec`` uses (see :func:`resolve_ledger_url`)."""
+        url, source = store.resolve_with_source(spec)
+        return cls.open(url, source=source)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -322,15 +233,32 @@ class Ledger:
     def url(self) -> str:
         return self._engine.url.render_as_string(hide_password=True)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        try:
+    def _run(self, body: Callable[[Connection], T], *, what: str) -> T:
+        """Run ``body`` in one transaction; retry it on transient errors (it must be safe to repeat)."""
+
+        def once() -> T:
             with self._engine.begin() as conn:
-                yield conn
+                return body(conn)
+
+        try:
+            return store.with_retries(once, what=what, retry_for=self._retry_for)
         except SQLAlchemyError as exc:
             raise LedgerError(f"budget ledger {self.url}: {_reason(exc)}") from exc
 
     # Reserving --------------------------------------------------------------------------------
+
+    def reserve_for_spec(self, spec: ReleaseSpec, *, release_id: str, plan: BudgetPlan) -> Reservation:
+        """:meth:`reserve` the plan of a release of ``spec``, with the spec's digest and lifetime.
+
+        An undeclared ``privacy.lifetime_delta`` (derived from the release's epsilon and delta) only sets
+        the lifetime of a new dataset; it never conflicts with the recorded one.
+        """
+        return self.reserve(
+            dataset=spec.dataset, release_id=release_id, spec_digest=spec.digest(), epsilon=plan.epsilon,
+            delta=plan.delta, lifetime_epsilon=spec.privacy.lifetime_epsilon,
+            lifetime_delta=spec.privacy.effective_lifetime_delta, accountant=plan.accountant,
+            lifetime_delta_declared=spec.privacy.lifetime_delta is not None,
+        )
 
     def reserve(
         self,
@@ -343,55 +271,96 @@ class Ledger:
         lifetime_epsilon: float,
         lifetime_delta: float,
         accountant: str,
+        lifetime_delta_declared: bool = True,
     ) -> Reservation:
         """Atomically claim (epsilon, delta) of the dataset's lifetime budget for a new release attempt.
 
         In-flight reservations of other processes count as spent. Call before reading any data.
 
+        Args:
+            lifetime_delta_declared: False when ``lifetime_delta`` is a default the spec derived, not a
+                declared value: it then only sets the lifetime of a dataset seen for the first time.
+
         Raises:
-            BudgetExceededError: the claim does not fit what remains (epsilon or delta).
+            LifetimeMismatchError: the lifetime differs from the recorded one (exit 2).
+            ReleaseIdConflictError: ``release_id`` was used for a different spec digest (exit 2).
+            AlreadyPublishedError: an attempt of ``release_id`` is already published (exit 0).
+            ReleaseInProgressError: another attempt of ``release_id`` is in flight and its owner is not
+                provably dead.
+            BudgetExceededError: the claim does not fit what remains (epsilon or delta; exit 3).
             LedgerError: the ledger cannot be read or written.
         """
-        _check_amounts(epsilon=epsilon, delta=delta, lifetime_epsilon=lifetime_epsilon,
-                       lifetime_delta=lifetime_delta)
+        check_amounts(epsilon=epsilon, delta=delta, lifetime_epsilon=lifetime_epsilon,
+                      lifetime_delta=lifetime_delta)
         self._ensure_dataset(dataset, lifetime_epsilon, lifetime_delta)
-        with self._transaction() as conn:
+        owner = Owner.current()
+        claim = {"dataset": dataset, "release_id": release_id, "spec_digest": spec_digest, "accountant": accountant,
+                 "planned_epsilon": float(epsilon), "planned_delta": float(delta)}
+
+        def body(conn: Connection) -> Reservation:
             stored = self._lock_dataset(conn, dataset)
-            limit_epsilon = min(float(stored["lifetime_epsilon"]), lifetime_epsilon)
-            limit_delta = min(float(stored["lifetime_delta"]), lifetime_delta)
-            rows = self._rows(conn, dataset)
-            counted = [_counted(r) for r in rows]
-            spent_epsilon = math.fsum(e for e, _ in counted)
-            spent_delta = math.fsum(d for _, d in counted)
-            if math.fsum([spent_epsilon, epsilon]) > limit_epsilon:
-                raise BudgetExceededError(dataset, epsilon, _remaining(limit_epsilon, spent_epsilon))
-            if math.fsum([spent_delta, delta]) > limit_delta:
-                raise BudgetExceededError(dataset, delta, _remaining(limit_delta, spent_delta), what="delta")
-            attempt = 1 + max((int(r["attempt"]) for r in rows if r["release_id"] == release_id), default=0)
-            result = conn.execute(insert(_releases).values(
-                dataset=dataset, release_id=release_id, attempt=attempt, spec_digest=spec_digest,
-                accountant=accountant, planned_epsilon=float(epsilon), planned_delta=float(delta),
-                status="reserved", data_read=False, created_at=_now(),
-            ))
-            key = result.inserted_primary_key
-            if key is None:
-                raise LedgerError(f"budget ledger {self.url}: the new reservation got no id")
-            row_id = int(key[0])
-        return Reservation(id=row_id, dataset=dataset, release_id=release_id, attempt=attempt,
-                           spec_digest=spec_digest, epsilon=float(epsilon), delta=float(delta),
-                           accountant=accountant)
+            check_lifetime(stored, lifetime_epsilon, lifetime_delta if lifetime_delta_declared else None)
+            attempts = self._rows(conn, dataset, release_id)
+            for row in attempts:
+                if (o := owner_of(row)) is not None and o.token == owner.token:
+                    return reservation_of(row)  # our own row: a retry after an ambiguous commit
+            self._clear_way(conn, attempts, release_id, spec_digest)
+            Budget.of(stored, self._rows(conn, dataset)).admit(epsilon=epsilon, delta=delta)
+            attempt = 1 + max((int(r["attempt"]) for r in attempts), default=0)
+            conn.execute(insert(_releases).values(
+                **claim, attempt=attempt, status="reserved", data_read=False, created_at=now(),
+                owner=owner.to_json()))
+            row = conn.execute(self._select().where(
+                _releases.c.dataset == dataset, _releases.c.release_id == release_id,
+                _releases.c.attempt == attempt)).mappings().one()
+            return reservation_of(row)
+
+        return self._run(body, what=f"reserving release `{release_id}`")
+
+    def _clear_way(self, conn: Connection, attempts: Sequence[RowMapping], release_id: str, digest: str) -> None:
+        """Refuse a new attempt of ``release_id`` unless earlier ones are closed; close provably stale ones."""
+        check_digest(attempts, release_id, digest)
+        for row in attempts:
+            if row["status"] == "published":
+                raise AlreadyPublishedError(f"release `{release_id}` of dataset `{row['dataset']}` is already "
+                                            f"published (attempt {row['attempt']}); nothing to do")
+        for row in attempts:
+            if row["status"] != "reserved":
+                continue
+            owner = owner_of(row)
+            if owner is not None and owner.state() == "dead":
+                self._close_stale(conn, row, why=f"its owner ({owner.describe()}) is gone")
+                continue
+            where = owner.describe() if owner else "an unrecorded process"
+            raise ReleaseInProgressError(
+                f"release `{release_id}` of dataset `{row['dataset']}` is already in flight (attempt "
+                f"{row['attempt']}, {where}); wait for it, or if that process is gone run "
+                f"`safesynth budget abandon {row['dataset']} {release_id}`")
+
+    @staticmethod
+    def _close_stale(conn: Connection, row: RowMapping, *, why: str) -> None:
+        """Close an in-flight attempt: "failed" at its plan if it read data (no refund), else "cancelled"."""
+        if row["data_read"]:
+            values = {"status": "failed", "spent_epsilon": row["planned_epsilon"],
+                      "spent_delta": row["planned_delta"]}
+        else:
+            values = {"status": "cancelled", "spent_epsilon": 0.0, "spent_delta": 0.0}
+        conn.execute(update(_releases).where(_releases.c.id == row["id"]).values(**values, finished_at=now()))
+        log.warning("ledger: closed attempt %s of release %s as %s: %s", row["attempt"], row["release_id"],
+                    values["status"], why)
 
     def _ensure_dataset(self, dataset: str, lifetime_epsilon: float, lifetime_delta: float) -> None:
+        def body(conn: Connection) -> None:
+            if conn.execute(select(_datasets.c.dataset).where(_datasets.c.dataset == dataset)).first():
+                return
+            conn.execute(insert(_datasets).values(dataset=dataset, lifetime_epsilon=float(lifetime_epsilon),
+                                                  lifetime_delta=float(lifetime_delta), created_at=now()))
+
         try:
-            with self._engine.begin() as conn:
-                if conn.execute(select(_datasets.c.dataset).where(_datasets.c.dataset == dataset)).first():
-                    return
-                conn.execute(insert(_datasets).values(dataset=dataset, lifetime_epsilon=float(lifetime_epsilon),
-                                                      lifetime_delta=float(lifetime_delta), created_at=_now()))
-        except IntegrityError:
-            return  # another process created it first: fine
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"budget ledger {self.url}: {_reason(exc)}") from exc
+            self._run(body, what="recording the dataset")
+        except LedgerError as exc:
+            if not isinstance(exc.__cause__, IntegrityError):
+                raise  # an IntegrityError means another process created it first: fine
 
     @staticmethod
     def _lock_dataset(conn: Connection, dataset: str) -> RowMapping:
@@ -402,9 +371,11 @@ class Ledger:
             raise LedgerError(f"no budget recorded for dataset `{dataset}`")
         return row
 
-    @staticmethod
-    def _rows(conn: Connection, dataset: str, release_id: str | None = None) -> list[RowMapping]:
-        query = select(_releases).where(_releases.c.dataset == dataset)
+    def _select(self) -> Any:
+        return select(*self._columns)
+
+    def _rows(self, conn: Connection, dataset: str, release_id: str | None = None) -> list[RowMapping]:
+        query = self._select().where(_releases.c.dataset == dataset)
         if release_id is not None:
             query = query.where(_releases.c.release_id == release_id)
         return list(conn.execute(query.order_by(_releases.c.id)).mappings().all())
@@ -412,146 +383,221 @@ class Ledger:
     # Progress ---------------------------------------------------------------------------------
 
     def mark_data_read(self, reservation: Reservation) -> None:
-        """Record, durably, that private data is about to be read: the reservation is now spent."""
-        with self._transaction() as conn:
+        """Record, durably, that private data is about to be read: the reservation is now spent.
+
+        Retries transient errors; marking twice is a no-op.
+        """
+
+        def body(conn: Connection) -> None:
             self._lock_dataset(conn, reservation.dataset)
-            row = self._reserved_row(conn, reservation, action="mark data read")
+            row = self._attempt_row(conn, reservation)
+            require_status(row, reservation, "reserved", action="mark data read")
             if not row["data_read"]:
                 conn.execute(update(_releases).where(_releases.c.id == reservation.id)
-                             .values(data_read=True, data_read_at=_now()))
+                             .values(data_read=True, data_read_at=now()))
+
+        self._run(body, what="marking data read")
 
     def commit(self, reservation: Reservation, *, status: str, spends: Sequence[StageSpend] | None = None) -> None:
-        """Close a reservation as published, blocked or failed, recording what it actually spent.
+        """Close a reservation as published, blocked or failed, and charge it.
 
-        ``spends`` (the release account's stage spends) replace the planned amount; ``None`` keeps the
-        planned (epsilon, delta) as spent.
+        Retries transient errors for up to ``retry_for`` seconds; committing again with the same status
+        and spends is a no-op (safe after an ambiguous failure).
+
+        Privacy:
+            Charged against the lifetime: the release's own guarantee from ``spends`` if published (the
+            plan if ``spends`` is None); at least the plan, ``max(planned, actual)``, if it failed or was
+            blocked after reading data; never less than what it actually spent (see
+            :mod:`~safesynth.privacy.ledger_records`).
+
+        Args:
+            reservation: the handle :meth:`reserve` returned.
+            status: ``published``, ``blocked`` or ``failed``.
+            spends: the release account's stage spends; ``None`` charges the planned amount.
+
+        Raises:
+            InternalError: ``spends`` exceed the plan; the row is recorded at the actual amount first.
+            LedgerError: the attempt is already closed with another status, or the ledger is unusable.
         """
         if status not in COMMIT_STATUSES:
             raise ValueError(f"`status` ({status!r}) must be one of {COMMIT_STATUSES}")
-        values: dict[str, Any] = {"status": status, "finished_at": _now()}
-        if spends is not None:
-            epsilon, delta = _release_guarantee(reservation, spends)
-            values.update(stages=json.dumps([s.to_dict() for s in spends]), spent_epsilon=epsilon, spent_delta=delta)
-        with self._transaction() as conn:
+        actual = None if spends is None else release_guarantee(reservation, spends)
+        stages = None if spends is None else json.dumps([s.to_dict() for s in spends])
+
+        def body(conn: Connection) -> None:
             self._lock_dataset(conn, reservation.dataset)
-            self._reserved_row(conn, reservation, action="commit")
-            conn.execute(update(_releases).where(_releases.c.id == reservation.id).values(**values))
+            row = self._attempt_row(conn, reservation)
+            values = charge(row, status=status, actual=actual)
+            if row["status"] == status and (row["spent_epsilon"], row["spent_delta"]) == (
+                    values["spent_epsilon"], values["spent_delta"]):
+                return  # already committed exactly so: a retry
+            require_status(row, reservation, "reserved", action="commit")
+            conn.execute(update(_releases).where(_releases.c.id == reservation.id)
+                         .values(**values, stages=stages, status=status, finished_at=now()))
+
+        self._run(body, what=f"committing release `{reservation.release_id}` as {status}")
+        if actual is not None and over_plan(reservation, actual):
+            raise InternalError(
+                f"release `{reservation.release_id}` spent (epsilon {actual[0]:.6g}, delta {actual[1]:.3g}), "
+                f"more than its plan ({reservation.epsilon:.6g}, {reservation.delta:.3g}); recorded as spent")
 
     def cancel(self, reservation: Reservation) -> None:
-        """Refund a reservation whose process never read private data.
+        """Refund a reservation whose process never read private data (cancelling twice is a no-op).
 
         Raises:
             LedgerError: data was read (the budget stays spent), or the attempt is already closed.
         """
-        with self._transaction() as conn:
+
+        def body(conn: Connection) -> None:
             self._lock_dataset(conn, reservation.dataset)
-            row = self._reserved_row(conn, reservation, action="cancel")
+            row = self._attempt_row(conn, reservation)
+            if row["status"] == "cancelled":
+                return
+            require_status(row, reservation, "reserved", action="cancel")
             if row["data_read"]:
                 raise LedgerError(
                     f"release `{reservation.release_id}` (attempt {reservation.attempt}) already read private "
                     "data: its budget stays spent and cannot be refunded"
                 )
             conn.execute(update(_releases).where(_releases.c.id == reservation.id).values(
-                status="cancelled", spent_epsilon=0.0, spent_delta=0.0, finished_at=_now()))
+                status="cancelled", spent_epsilon=0.0, spent_delta=0.0, finished_at=now()))
 
-    @staticmethod
-    def _reserved_row(conn: Connection, reservation: Reservation, *, action: str) -> RowMapping:
-        row = conn.execute(select(_releases).where(_releases.c.id == reservation.id)).mappings().one_or_none()
+        self._run(body, what="cancelling a reservation")
+
+    def _attempt_row(self, conn: Connection, reservation: Reservation) -> RowMapping:
+        row = conn.execute(self._select().where(_releases.c.id == reservation.id)).mappings().one_or_none()
         if row is None or row["dataset"] != reservation.dataset or row["release_id"] != reservation.release_id:
             raise LedgerError(f"no reservation for release `{reservation.release_id}` in the ledger")
-        if row["status"] != "reserved":
-            raise LedgerError(f"cannot {action} release `{reservation.release_id}` (attempt "
-                              f"{reservation.attempt}): it is already {row['status']}")
         return row
+
+    # Operator actions -------------------------------------------------------------------------
+
+    def abandon(self, dataset: str, release_id: str) -> list[ReleaseRecord]:
+        """Close the in-flight attempts of ``release_id`` whose process is gone (operator command).
+
+        Each is closed as "failed" at its planned amount if it read data (never refunded), else
+        "cancelled" (refunded). Use it for a crash on another host, which :meth:`reserve` cannot verify.
+
+        Returns:
+            The closed attempts, as now recorded.
+
+        Raises:
+            LedgerError: no attempt is in flight, or its owner runs on this machine and is alive.
+        """
+
+        def body(conn: Connection) -> list[int]:
+            self._lock_dataset(conn, dataset)
+            rows = [r for r in self._rows(conn, dataset, release_id) if r["status"] == "reserved"]
+            if not rows:
+                raise LedgerError(f"release `{release_id}` of dataset `{dataset}` has no attempt in flight")
+            for row in rows:
+                owner = owner_of(row)
+                if owner is not None and owner.state() == "alive":
+                    raise LedgerError(f"release `{release_id}` (attempt {row['attempt']}) is still running as "
+                                      f"{owner.describe()}; stop that process first")
+            for row in rows:
+                self._close_stale(conn, row, why="abandoned by the operator")
+            return [int(r["id"]) for r in rows]
+
+        ids = self._run(body, what=f"abandoning release `{release_id}`")
+        return [r for r in self.find(dataset, release_id) if r.id in ids]
+
+    def set_lifetime(self, dataset: str, *, epsilon: float, delta: float | None = None) -> BudgetSummary:
+        """Change the dataset's recorded lifetime budget (operator command); specs must then match it.
+
+        Args:
+            dataset: the dataset; recorded now if it has no budget yet (then ``delta`` is required).
+            epsilon: the new lifetime epsilon.
+            delta: the new lifetime delta; ``None`` keeps the recorded one.
+
+        Raises:
+            PrivacyError: the new lifetime is below what the dataset has already spent (in-flight
+                reservations included).
+            ValueError: a value is out of range, or ``delta`` is missing for a new dataset.
+        """
+
+        def body(conn: Connection) -> None:
+            stored = conn.execute(select(_datasets).where(_datasets.c.dataset == dataset)
+                                  .with_for_update()).mappings().one_or_none()
+            if stored is None:
+                if delta is None:
+                    raise ValueError(f"dataset `{dataset}` has no recorded budget: `delta` is required")
+                check_amounts(epsilon=epsilon, delta=0.0, lifetime_epsilon=epsilon, lifetime_delta=delta)
+                conn.execute(insert(_datasets).values(dataset=dataset, lifetime_epsilon=float(epsilon),
+                                                      lifetime_delta=float(delta), created_at=now()))
+                return
+            new_delta = float(stored["lifetime_delta"]) if delta is None else float(delta)
+            check_amounts(epsilon=epsilon, delta=0.0, lifetime_epsilon=epsilon, lifetime_delta=new_delta)
+            budget = Budget.of(stored, self._rows(conn, dataset))
+            for name, value, amounts in (("epsilon", epsilon, budget.epsilons), ("delta", new_delta, budget.deltas)):
+                if not fits(value, amounts, 0.0):
+                    raise PrivacyError(f"lifetime `{name}` ({value:.6g}) must be >= {math.fsum(amounts):.6g}, what "
+                                       f"dataset `{dataset}` has already spent (in-flight reservations included)")
+            conn.execute(update(_datasets).where(_datasets.c.dataset == dataset)
+                         .values(lifetime_epsilon=float(epsilon), lifetime_delta=new_delta))
+
+        self._run(body, what="setting the lifetime budget")
+        log.warning("ledger: lifetime budget of dataset %s set to epsilon %.6g%s", dataset, epsilon,
+                    "" if delta is None else f", delta {delta:.3g}")
+        return self.summary(dataset)
 
     # Reading ----------------------------------------------------------------------------------
 
+    def already_published(self, dataset: str, release_id: str, spec_digest: str) -> ReleaseRecord | None:
+        """The published attempt of ``release_id``, or ``None``; call before :meth:`reserve`.
+
+        Raises:
+            ReleaseIdConflictError: ``release_id`` was used for a different spec digest (exit 2).
+        """
+        records = self.find(dataset, release_id)
+        check_digest([{"status": r.status, "spec_digest": r.spec_digest, "dataset": dataset}
+                       for r in records], release_id, spec_digest)
+        return next((r for r in records if r.status == "published"), None)
+
     def find(self, dataset: str, release_id: str) -> list[ReleaseRecord]:
         """Every attempt of ``release_id`` on ``dataset``, oldest first (empty if none)."""
-        with self._transaction() as conn:
-            return [_record(r) for r in self._rows(conn, dataset, release_id)]
+        return self._run(lambda conn: [record_of(r) for r in self._rows(conn, dataset, release_id)],
+                         what="reading")
 
     def datasets(self) -> list[str]:
-        with self._transaction() as conn:
-            return list(conn.execute(select(_datasets.c.dataset).order_by(_datasets.c.dataset)).scalars())
+        return self._run(lambda conn: list(conn.execute(select(_datasets.c.dataset)
+                                                        .order_by(_datasets.c.dataset)).scalars()),
+                         what="reading")
 
     def summary(self, dataset: str) -> BudgetSummary:
-        """The dataset's lifetime budget, spends and remaining budget.
+        """The dataset's lifetime budget, spends and remaining budget (what :meth:`reserve` admits against).
 
         Raises:
             LedgerError: no release was ever reserved for ``dataset``.
         """
-        with self._transaction() as conn:
+
+        def body(conn: Connection) -> tuple[RowMapping, list[RowMapping]]:
             stored = conn.execute(select(_datasets).where(_datasets.c.dataset == dataset)).mappings().one_or_none()
             if stored is None:
                 raise LedgerError(f"no budget recorded for dataset `{dataset}`")
-            rows = self._rows(conn, dataset)
-        lifetime_epsilon, lifetime_delta = float(stored["lifetime_epsilon"]), float(stored["lifetime_delta"])
-        counted = [_counted(r) for r in rows]
-        basic_epsilon = math.fsum(e for e, _ in counted)
-        basic_delta = math.fsum(d for _, d in counted)
-        composed = _composed_epsilon(rows, lifetime_delta=lifetime_delta)
-        if basic_delta <= lifetime_delta:
-            composed = min(composed, basic_epsilon)
+            return stored, self._rows(conn, dataset)
+
+        stored, rows = self._run(body, what="reading")
+        budget = Budget.of(stored, rows)
+        composed = composed_epsilon(rows, lifetime_delta=budget.lifetime_delta)
+        if budget.spent_delta <= budget.lifetime_delta:
+            composed = min(composed, budget.spent_epsilon)
         return BudgetSummary(
-            dataset=dataset, lifetime_epsilon=lifetime_epsilon, lifetime_delta=lifetime_delta,
-            spent_epsilon_basic=basic_epsilon, spent_delta_basic=basic_delta, spent_epsilon_composed=composed,
-            remaining_epsilon=_remaining(lifetime_epsilon, basic_epsilon),
-            remaining_delta=_remaining(lifetime_delta, basic_delta),
-            releases=tuple(_record(r) for r in rows),
+            dataset=dataset, lifetime_epsilon=budget.lifetime_epsilon, lifetime_delta=budget.lifetime_delta,
+            spent_epsilon_basic=budget.spent_epsilon, spent_delta_basic=budget.spent_delta,
+            spent_epsilon_composed=composed, remaining_epsilon=budget.remaining_epsilon,
+            remaining_delta=budget.remaining_delta, releases=tuple(record_of(r) for r in rows),
         )
 
 
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def _sqlite_engine(url: Any) -> Engine:
-    database = url.database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60})
-
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(conn: Connection) -> None:
-        # Take the write lock up front: read-then-insert in reserve() is then serialised across processes.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def _release_guarantee(reservation: Reservation, spends: Sequence[StageSpend]) -> tuple[float, float]:
-    """A valid (epsilon, delta) for a release that spent ``spends`` (recorded even if over plan)."""
-    if not spends:
-        return 0.0, 0.0
-    account = ReleaseAccount(delta=reservation.delta, accountant=reservation.accountant, spends=list(spends))
-    epsilon = account.epsilon
-    if math.isfinite(epsilon):
-        return epsilon, reservation.delta
-    return account.basic_epsilon, account.basic_delta  # basic composition is always valid
-
-
-def _remaining(limit: float, spent: float) -> float:
-    """``limit - spent`` floored at 0 and rounded down: a claim of this size is always admitted."""
-    left = max(0.0, limit - spent)
-    while left > 0 and math.fsum([spent, left]) > limit:
-        left = math.nextafter(left, 0.0)
-    return left
-
-
-def _check_amounts(*, epsilon: float, delta: float, lifetime_epsilon: float, lifetime_delta: float) -> None:
-    for name, value in (("epsilon", epsilon), ("lifetime_epsilon", lifetime_epsilon)):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"`{name}` ({value}) must be finite and > 0")
-    for name, value in (("delta", delta), ("lifetime_delta", lifetime_delta)):
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"`{name}` ({value}) must be in [0, 1)")
+def _prepare(engine: Engine, *, create: bool) -> bool:
+    with engine.begin() as conn:
+        return store.prepare_schema(conn, create=create)
 
 
 def _reason(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
     return f"{exc.__class__.__name__}: {orig}" if orig is not None else exc.__class__.__name__
-

@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import signal
 
 import pytest
 
-from safesynth.errors import BudgetExceededError, LedgerError
-from safesynth.privacy.accountant import StageSpend
+from safesynth.errors import BudgetExceededError, LedgerError, LifetimeMismatchError, PrivacyError, SpecError
 from safesynth.privacy.discovery import dp_row_count
 from safesynth.privacy.ledger import Ledger, default_url
-from safesynth.privacy.mechanisms import GaussianMechanism
 from safesynth.privacy.noise import SeededNoise
 from tests.unit.privacy import _ledger_workers as workers
-
-LIFETIME = {"lifetime_epsilon": 3.0, "lifetime_delta": 1e-5}
-
-
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
-
-
-@pytest.fixture
-def ledger(url):
-    with Ledger.open(url) as book:
-        yield book
-
-
-def reserve(ledger, release_id, epsilon=1.0, delta=1e-6, dataset="adult", **lifetime):
-    return ledger.reserve(dataset=dataset, release_id=release_id, spec_digest="digest", epsilon=epsilon,
-                          delta=delta, accountant="rdp", **{**LIFETIME, **lifetime})
-
-
-def gaussian_spend(stage, epsilon, delta):
-    mech = GaussianMechanism.calibrate(sensitivity=1.0, epsilon=epsilon, delta=delta)
-    return StageSpend(stage=stage, event=mech.event(), epsilon=epsilon, delta=delta, mechanism="gaussian",
-                      secure_noise=True)
-
+from tests.unit.privacy._ledger_helpers import gaussian_spend, process_context, reserve
 
 # ------------------------------------------------------------------------------------- reserving
 
@@ -69,11 +42,40 @@ def test_in_flight_reservations_count_against_the_budget(ledger):
     assert ledger.summary("adult").remaining_epsilon == 0.0
 
 
-def test_a_spec_cannot_raise_the_recorded_lifetime_budget(ledger):
+def test_a_changed_lifetime_in_the_spec_is_refused_until_the_operator_sets_it(ledger):
     reserve(ledger, "r1", epsilon=2.0)
-    with pytest.raises(BudgetExceededError):
-        reserve(ledger, "r2", epsilon=2.0, lifetime_epsilon=10.0)
+    for lifetime in (10.0, 2.5):  # raising and lowering alike
+        with pytest.raises(LifetimeMismatchError) as info:
+            reserve(ledger, "r2", epsilon=2.0, lifetime_epsilon=lifetime)
+        assert info.value.exit_code == 2
+        assert f"`privacy.lifetime_epsilon` ({lifetime}) must equal the recorded 3.0" in str(info.value)
+        assert f"safesynth budget set-lifetime adult --epsilon {lifetime}" in str(info.value)
+    with pytest.raises(LifetimeMismatchError, match="lifetime_delta"):
+        reserve(ledger, "r2", epsilon=0.5, lifetime_delta=2e-5)
     assert ledger.summary("adult").lifetime_epsilon == 3.0
+    ledger.set_lifetime("adult", epsilon=10.0)
+    reserve(ledger, "r2", epsilon=2.0, lifetime_epsilon=10.0)
+    assert ledger.summary("adult").lifetime_epsilon == 10.0
+
+
+def test_set_lifetime_refuses_to_go_below_what_is_spent(ledger):
+    reserve(ledger, "r1", epsilon=2.0, delta=4e-6)  # in flight: counted
+    with pytest.raises(PrivacyError, match=r"lifetime `epsilon` \(1.5\) must be >= 2"):
+        ledger.set_lifetime("adult", epsilon=1.5)
+    with pytest.raises(PrivacyError, match="lifetime `delta`"):
+        ledger.set_lifetime("adult", epsilon=2.0, delta=1e-6)
+    summary = ledger.set_lifetime("adult", epsilon=2.0, delta=4e-6)
+    assert (summary.remaining_epsilon, summary.remaining_delta) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="`delta` is required"):
+        ledger.set_lifetime("new", epsilon=1.0)
+    assert ledger.set_lifetime("new", epsilon=1.0, delta=1e-6).lifetime_delta == 1e-6
+
+
+def test_an_undeclared_lifetime_delta_never_conflicts(ledger):
+    reserve(ledger, "r1", epsilon=0.5)
+    ledger.reserve(dataset="adult", release_id="r2", spec_digest="digest", epsilon=0.5, delta=1e-6,
+                   accountant="rdp", lifetime_epsilon=3.0, lifetime_delta=7e-6, lifetime_delta_declared=False)
+    assert ledger.summary("adult").lifetime_delta == 1e-5
 
 
 def test_retries_of_a_release_are_numbered_attempts(ledger):
@@ -88,7 +90,7 @@ def test_retries_of_a_release_are_numbered_attempts(ledger):
 @pytest.mark.slow
 def test_two_processes_reserving_concurrently_cannot_overspend(url):
     Ledger.open(url).close()  # create the tables up front
-    ctx = multiprocessing.get_context("spawn")
+    ctx = process_context()
     start, results = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=workers.reserve_many, args=(url, name, 5, 0.15, start, results))
              for name in ("a", "b")]
@@ -113,7 +115,7 @@ def test_two_processes_reserving_concurrently_cannot_overspend(url):
 
 @pytest.mark.slow
 def test_process_killed_after_reading_data_stays_counted_as_spent(url):
-    ctx = multiprocessing.get_context("spawn")
+    ctx = process_context()
     proc = ctx.Process(target=workers.reserve_read_and_die, args=(url, True))
     proc.start()
     proc.join(timeout=120)
@@ -212,18 +214,20 @@ def test_summary_of_unknown_dataset_is_an_error(ledger):
 
 def test_default_ledger_lives_in_safesynth_home(tmp_path, monkeypatch):
     monkeypatch.setenv("SAFESYNTH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SAFESYNTH_LEDGER_URL", raising=False)
     assert default_url() == f"sqlite:///{tmp_path / 'home' / 'ledger.db'}"
     with Ledger.open(None) as book:
         reserve(book, "r1", epsilon=0.5)
     assert (tmp_path / "home" / "ledger.db").exists()
 
 
-def test_unusable_url_is_a_ledger_error_without_password(tmp_path):
-    with pytest.raises(LedgerError) as info:
+def test_unusable_url_is_a_spec_error_without_password(tmp_path):
+    with pytest.raises(SpecError) as info:
         Ledger.open("postgresql+nosuchdriver://user:hunter2@localhost/db")
     assert "hunter2" not in str(info.value)
+    assert info.value.exit_code == 2
     (tmp_path / "a-directory").mkdir()
-    with pytest.raises(LedgerError, match="cannot open the budget ledger"):
+    with pytest.raises(SpecError, match="is a directory"):
         Ledger.open(f"sqlite:///{tmp_path / 'a-directory'}")
 
 

@@ -1,0 +1,98 @@
+"""The ledger on PostgreSQL: the same guarantees as on SQLite, through row locks and ALTER TABLE.
+
+Opt-in: set ``SAFESYNTH_TEST_POSTGRES_URL`` to a server URL whose user may create databases (e.g.
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``) and install ``safesynth[postgres]``. Each test
+gets a fresh database, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from safesynth.errors import ReleaseIdConflictError, ReleaseInProgressError
+from safesynth.privacy.ledger import Ledger, check_ledger
+from tests.unit.privacy import _ledger_workers as workers
+from tests.unit.privacy._ledger_helpers import process_context, reserve
+
+SERVER = os.environ.get("SAFESYNTH_TEST_POSTGRES_URL")
+pytestmark = pytest.mark.skipif(not SERVER, reason="SAFESYNTH_TEST_POSTGRES_URL is not set")
+
+
+@pytest.fixture
+def pg_url():
+    pytest.importorskip("psycopg")
+    admin = create_engine(SERVER, isolation_level="AUTOCOMMIT")
+    name = f"safesynth_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    yield make_url(SERVER).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def test_reserve_commit_and_release_id_rules_on_postgresql(pg_url):
+    check_ledger(pg_url)
+    with Ledger.open(pg_url) as ledger:
+        first = reserve(ledger, "r1", epsilon=1.0)
+        with pytest.raises(ReleaseInProgressError):
+            reserve(ledger, "r1")
+        ledger.mark_data_read(first)
+        ledger.commit(first, status="failed", spends=[])
+        ledger.commit(first, status="failed", spends=[])  # idempotent
+        with pytest.raises(ReleaseIdConflictError):
+            reserve(ledger, "r1", digest="other")
+        assert ledger.summary("adult").spent_epsilon_basic == 1.0  # failed after reading: the plan at least
+
+
+def test_an_older_postgresql_ledger_gets_the_owner_column(pg_url):
+    with Ledger.open(pg_url) as ledger:
+        reserve(ledger, "r1")
+        with ledger._engine.begin() as conn:
+            conn.execute(text("ALTER TABLE safesynth_budget_releases DROP COLUMN owner"))
+    with Ledger.open(pg_url) as ledger:
+        assert ledger.abandon("adult", "r1")[0].status == "cancelled"
+        assert reserve(ledger, "r1").attempt == 2
+
+
+@pytest.mark.slow
+def test_six_processes_starting_the_same_release_on_postgresql(pg_url):
+    Ledger.open(pg_url).close()
+    ctx = process_context()
+    start, done, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=workers.reserve_same_release, args=(pg_url, start, results, done)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    start.set()
+    try:
+        outcomes = [results.get(timeout=120) for _ in procs]
+    finally:
+        done.set()
+        for p in procs:
+            p.join(timeout=60)
+    assert sorted(str(o[1]) for o in outcomes) == ["1"] + ["ReleaseInProgressError"] * 5
+    with Ledger.open(pg_url) as ledger:
+        assert [r.status for r in ledger.find("race", "r1")] == ["reserved"]
+
+
+@pytest.mark.slow
+def test_commit_retries_through_a_held_row_lock_on_postgresql(pg_url):
+    with Ledger.open(pg_url, lock_timeout=0.1) as ledger:
+        reservation = reserve(ledger, "r1")
+        ledger.mark_data_read(reservation)
+        ctx = process_context()
+        locked = ctx.Event()
+        proc = ctx.Process(target=workers.hold_dataset_row_lock, args=(pg_url, "adult", locked, 2.0))
+        proc.start()
+        assert locked.wait(timeout=60)
+        started = time.monotonic()
+        ledger.commit(reservation, status="published")
+        assert time.monotonic() - started >= 1.0
+        proc.join(timeout=60)
+        assert ledger.find("adult", "r1")[0].status == "published"
