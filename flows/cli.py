@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from safesynth import __version__
 from safesynth.errors import InternalError, SafeSynthError, SpecError
@@ -71,7 +72,10 @@ def set_runtime_defaults() -> None:
 
 
 def _fail(exc: SafeSynthError) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    if exc.exit_code == 0:  # e.g. already published: nothing to do, not an error
+        out.print(escape(str(exc)), highlight=False, soft_wrap=True)
+    else:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -156,11 +160,11 @@ def release_cmd(
 
         out.print(Markdown(render_summary(outcome)))
     if outcome.status == "failed":
-        err.print(f"[bold red]error:[/] {outcome.message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(outcome.message)}", highlight=False, soft_wrap=True)
     elif outcome.exit_code:
-        err.print(f"[bold red]{outcome.message}[/]", highlight=False)
+        err.print(f"[bold red]{escape(outcome.message)}[/]", highlight=False)
     else:
-        out.print(f"[bold green]{outcome.message}[/]", highlight=False)
+        out.print(f"[bold green]{escape(outcome.message)}[/]", highlight=False)
     raise typer.Exit(outcome.exit_code)
 
 

@@ -12,10 +12,10 @@ import os
 import re
 from pathlib import Path
 
-from safesynth.errors import LedgerError, SpecError
+from safesynth.errors import SpecError
 from safesynth.spec import ReleaseSpec
 
-__all__ = ["check_ledger", "check_release_id", "check_target", "preflight"]
+__all__ = ["check_release_id", "check_target", "preflight"]
 
 _RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -54,24 +54,12 @@ def check_target(spec: ReleaseSpec) -> None:
         raise SpecError(f"`publish.target` ({target}): {existing} is not writable")
 
 
-def check_ledger(spec: ReleaseSpec) -> None:
-    """The ledger opens (driver installed, database reachable, tables created)."""
-    from safesynth.privacy.ledger import Ledger
-
-    try:
-        with Ledger.for_spec(spec):
-            pass
-    except LedgerError as exc:
-        raise SpecError(f"`ledger.url`: {exc}") from None
-    except (ImportError, OSError) as exc:
-        raise SpecError(f"`ledger.url`: cannot open the budget ledger ({exc.__class__.__name__})") from None
-
-
 def preflight(spec: ReleaseSpec) -> None:
     """Every check that needs no private data. Raises SpecError or SourceReadError (exit code 2)."""
     from safesynth.io import check_source
+    from safesynth.privacy.ledger import preflight_ledger
 
     spec.source_format  # noqa: B018 - raises SpecError for an unknown extension
     check_source(spec)
     check_target(spec)
-    check_ledger(spec)
+    preflight_ledger(spec)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from safesynth import stages
-from safesynth.errors import GateFailedError, SafeSynthError
+from safesynth.errors import AlreadyPublishedError, GateFailedError, SafeSynthError
 from safesynth.privacy.noise import NoiseSource
 
 log = logging.getLogger("safesynth")
@@ -88,7 +88,11 @@ def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Run
         return ReleaseOutcome(release_id=ctx.release_id, dataset=ctx.spec.dataset, status="already_published",
                               message=f"release {ctx.release_id} is already published; nothing to do",
                               location=location)
-    reservation = run("reserve-budget", stages.reserve_budget, ctx)
+    try:
+        reservation = run("reserve-budget", stages.reserve_budget, ctx)
+    except AlreadyPublishedError as exc:  # the ledger knows it although the target shows nothing
+        return ReleaseOutcome(release_id=ctx.release_id, dataset=ctx.spec.dataset, status="already_published",
+                              message=str(exc))
     status = "failed"
     try:
         raw = run("ingest", stages.ingest, ctx, reservation)

@@ -160,11 +160,7 @@ def reserve_budget(ctx: RunContext) -> Any:
         check_discovery(spec, plan.stage("discovery"))
     flush_pending()
     with Ledger.for_spec(spec) as ledger:
-        reservation = ledger.reserve(
-            dataset=spec.dataset, release_id=ctx.release_id, spec_digest=spec.digest(),
-            epsilon=plan.epsilon, delta=plan.delta, lifetime_epsilon=spec.privacy.lifetime_epsilon,
-            lifetime_delta=spec.privacy.effective_lifetime_delta, accountant=plan.accountant,
-        )
+        reservation = ledger.reserve_for_spec(spec, release_id=ctx.release_id, plan=plan)
     ctx.report("plan.json").write_text(json.dumps(plan.to_dict()))
     log.info("reserved epsilon %.4g, delta %.3g for dataset %s (stages: %s)", plan.epsilon, plan.delta,
              spec.dataset, ", ".join(s.name for s in plan.stages))
@@ -195,11 +191,10 @@ def settle(ctx: RunContext, reservation: Any, *, status: str) -> None:
              status if record["data_read"] else "cancelled (no data was read)")
 
 
-def _ledger_url(spec: ReleaseSpec) -> str | None:
-    from safesynth.privacy.ledger import Ledger
+def _ledger_url(spec: ReleaseSpec) -> str:
+    from safesynth.privacy.ledger_store import resolve_ledger_url
 
-    with Ledger.for_spec(spec) as ledger:
-        return ledger._engine.url.render_as_string(hide_password=False)  # restricted zone only
+    return resolve_ledger_url(spec)  # may hold a password: the pending record is restricted (0700)
 
 
 def _reservation_dict(reservation: Any) -> dict[str, Any]:

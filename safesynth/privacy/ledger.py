@@ -163,7 +163,7 @@ class Ledger:
 
     @classmethod
     def open(cls, url: str | None = None, *, source: str = "spec", lock_timeout: float = 5.0,
-             retry_for: float = 60.0) -> Ledger:
+             retry_for: float | None = None) -> Ledger:
         """Open (creating the directory and tables if needed) the ledger at ``url``.
 
         Args:
@@ -171,7 +171,8 @@ class Ledger:
             source: where ``url`` came from, named in errors.
             lock_timeout: seconds a statement waits for another writer's lock before failing (SQLite's busy
                 timeout, PostgreSQL's ``lock_timeout``); the failure is then retried.
-            retry_for: seconds :meth:`commit` and the other closing writes keep retrying transient errors.
+            retry_for: seconds :meth:`commit` and the other closing writes keep retrying transient errors;
+                default: ``$SAFESYNTH_LEDGER_RETRY_SECONDS`` (operator configuration), else 60.
 
         Raises:
             SpecError: the URL, its driver or its SQLite directory is unusable.
@@ -179,6 +180,8 @@ class Ledger:
         """
         if url is None:
             url, source = store.resolve_with_source()
+        if retry_for is None:
+            retry_for = store.retry_seconds()
         parsed = store.parse_checked(url, source=source)
         if parsed.get_backend_name() == "sqlite":
             store.ensure_sqlite_parent(parsed, source=source)

@@ -302,6 +302,18 @@ def is_transient(exc: BaseException) -> bool:
     return any(marker in text for marker in _SQLITE_TRANSIENT)
 
 
+RETRY_ENV = "SAFESYNTH_LEDGER_RETRY_SECONDS"
+
+
+def retry_seconds() -> float:
+    """How long closing writes retry a busy ledger: ``$SAFESYNTH_LEDGER_RETRY_SECONDS``, else 60."""
+    try:
+        value = float(os.environ.get(RETRY_ENV) or 60.0)
+    except ValueError:
+        return 60.0
+    return value if value >= 0 and value == value else 60.0
+
+
 def with_retries(action: Callable[[], T], *, what: str, retry_for: float, first_delay: float = 0.05) -> T:
     """Run ``action``; on a transient SQLAlchemy error retry with bounded exponential backoff.
 
