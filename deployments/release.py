@@ -14,11 +14,14 @@ import argparse
 
 from flows.release import release
 
+#: The release schedule, in one place: Mondays 02:00 UTC.
+WEEKLY = "0 2 * * 1"
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="release spec YAML (privacy numbers live there, not in parameters)")
-    parser.add_argument("--cron", default="0 2 * * 1", help="schedule (default: Mondays 02:00 UTC)")
+    parser.add_argument("--cron", default=WEEKLY, help=f"schedule (default: {WEEKLY!r}, Mondays 02:00 UTC)")
     parser.add_argument("--name", default="weekly", help="deployment name")
     args = parser.parse_args(argv)
     # limit=1: one release at a time per served deployment; the ledger also serialises reservations.

@@ -265,7 +265,6 @@ class SamplingSpec(_Frozen):
     seed: int = Field(0, ge=0, description="Seed for everything except privacy noise.")
     batch_size: int = Field(256, ge=1, description="Rows generated per model call.")
     shard_rows: int = Field(10_000, ge=1, description="Rows per shard (unit of distributed sampling).")
-    scheduler: str | None = Field(None, description="Dask scheduler address; default: a LocalCluster.")
 
 
 class AuditSpec(_Frozen):
@@ -275,7 +274,6 @@ class AuditSpec(_Frozen):
         None, gt=0.0, le=1.0, description="Block when TPR at `low_fpr` exceeds this."
     )
     low_fpr: float = Field(0.01, gt=0.0, lt=0.5)
-    target_column: str | None = Field(None, description="Column for utility checks (train-synthetic-test-real).")
     max_audit_rows: int = Field(5_000, ge=10, description="Rows per side used by the attacks.")
 
 
@@ -330,8 +328,7 @@ class ReleaseSpec(_Frozen):
                 f"columns {undeclared} have no declared domain; declare `categories` or `min`/`max`, "
                 "or allot budget with `privacy.allocation.discovery`"
             )
-        for key, name in (("audit.target_column", self.audit.target_column),
-                          ("generator.condition_on", getattr(self.generator, "condition_on", None))):
+        for key, name in (("generator.condition_on", getattr(self.generator, "condition_on", None)),):
             if name is not None and name not in self.columns:
                 raise ValueError(f"`{key}` ({name!r}) must be one of the declared columns")
         return self

@@ -17,7 +17,7 @@ columns:                           # PUBLIC metadata, never derived from the pri
 privacy: {epsilon: 4.0, delta: 1.0e-5, lifetime_epsilon: 16.0}
 generator: {kind: marginals}       # the LLM generator adds kind: llm in its own issue
 sampling: {rows: 1000, seed: 0}
-audit: {holdout_fraction: 0.2, max_attack_auc: 0.6, target_column: income}
+audit: {holdout_fraction: 0.2, max_attack_auc: 0.6}
 publish: {target: ./releases}      # local directory or fsspec URL (s3://...)
 """
 
@@ -52,7 +52,8 @@ def test_unknown_key_names_the_key_path_and_file(tmp_path):
         ("epsilon: 4.0", "epsilon: -1", "privacy.epsilon"),
         ("min: 17, max: 90", "min: 90, max: 17", "columns.age"),
         ("type: integer", "type: int", "columns.age"),
-        ("target_column: income", "target_column: salary", "<root>"),
+        ("epsilon: 4.0", "epsilon: .nan", "privacy.epsilon"),
+        ("lifetime_epsilon: 16.0", "lifetime_epsilon: .inf", "privacy.lifetime_epsilon"),
         ("lifetime_epsilon: 16.0", "lifetime_epsilon: 1.0", "privacy"),
         ("max_attack_auc: 0.6", "max_attack_auc: 1.5", "audit.max_attack_auc"),
     ],
@@ -89,3 +90,11 @@ def test_spec_is_frozen(tmp_path):
     spec = load_spec(write(tmp_path, ISSUE_EXAMPLE))
     with pytest.raises(Exception, match="frozen"):
         spec.dataset = "other"  # type: ignore[misc]
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(9))
+    with pytest.raises(SpecError, match="aliases"):
+        load_spec(write(tmp_path, ISSUE_EXAMPLE + "source_options:\n  x: " + bomb.replace("\n", "\n  ")))
