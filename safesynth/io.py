@@ -7,44 +7,63 @@ against the spec, by :func:`safesynth.validation.validate_frame`, so that a bad 
 never silently coerced.
 
 Every failure is one :class:`~safesynth.errors.SourceReadError` line naming the source and, when
-known, the line or column: missing file, permission denied, a directory, empty file, header only,
-malformed CSV (ragged rows, unbalanced quotes), text that is not UTF-8 (a UTF-8 BOM is fine),
-duplicate column headers, an invalid Parquet file, a line that is not a JSON object. Messages never
-contain cell values. Column names count as schema metadata, with one caution: when a declared column
-is missing, the "header" may really be a data row (a file without a header), so undeclared names are
-then counted, not named.
+known, the line or column: missing file, permission denied, not a regular file (a directory, FIFO,
+device or socket), a symlink loop, larger than ``max_source_bytes`` (on disk or decompressed), out of
+memory, empty file, header only, malformed CSV (ragged rows, unbalanced quotes, text after a closing
+quote), text that is not UTF-8 (a UTF-8 BOM is fine), duplicate column headers, an invalid Parquet file,
+a line that is not a JSON object. Messages never contain cell values: library messages (pyarrow's
+quote cells) are never shown, only their class. Column names count as schema metadata, with two
+cautions: when a declared column is missing, the "header" may really be a data row (a file without a
+header), so undeclared names are then counted, not named; and the keys of JSON Lines records can be
+per-record data, so undeclared keys are logged as a count only.
 
-Compression is inferred from the extension (``.gz``, ``.bz2``, ``.xz``, ``.zst``) by fsspec. The
-source is read into memory once; that is also where the validated frame lives.
+Memory: the source is streamed, never held as a whole. CSV is parsed by pyarrow from a file object
+(every declared column read as string, undeclared columns never materialised); JSON Lines is parsed
+line by line, keeping the declared keys only; Parquet reads only the declared columns. Compression is
+inferred from the extension (``.gz``, ``.bz2``, ``.xz``, ``.zst``) by fsspec, and the decompressed bytes
+are counted as they are read, so a compression bomb stops at ``max_source_bytes``.
+
+:func:`check_source` is the pre-flight: it looks at the source's metadata only (it never opens it).
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
+import errno
 import io
 import json
 import logging
+import os
+import re
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from fsspec.compression import compr
+from fsspec.implementations.local import LocalFileSystem
 
-from safesynth.errors import SchemaValidationError, SourceReadError
+from safesynth.errors import SafeSynthError, SchemaValidationError, SourceReadError
 from safesynth.spec import ReleaseSpec
 
-__all__ = ["LoadedSource", "load_source", "read_source", "source_display"]
+__all__ = ["LoadedSource", "check_source", "load_source", "read_source", "source_display"]
 
 logger = logging.getLogger(__name__)
 
-# Python's csv module refuses fields longer than this (131072 by default). A declared text column may
-# allow up to 100_000 characters, so a longer field is malformed input, reported as such.
-_CSV_FIELD_LIMIT = csv.field_size_limit()
+_KIND = {"csv": "CSV", "parquet": "Parquet", "jsonl": "JSON Lines"}
+_BLANK = b"\xef\xbb\xbf \t\r\n"
+_PEEK = 1 << 16  # bytes looked at for the empty-file check and, first, for the CSV header
+_HEADER_LIMIT = 16 * 2**20
+_CSV_BLOCK = 16 * 2**20  # pyarrow parses in blocks; one record must fit in one block
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -55,7 +74,8 @@ class LoadedSource:
         frame: declared columns in declared order (undeclared ones dropped), values as read.
         source: display name of the source (no credentials, no query string).
         format: ``csv``, ``parquet`` or ``jsonl``.
-        dropped_columns: names of undeclared columns that were dropped (schema metadata).
+        dropped_columns: names of undeclared columns that were dropped (for JSON Lines, the undeclared
+            keys, which may be per-record data: count them, do not show them).
     """
 
     frame: pd.DataFrame
@@ -78,48 +98,88 @@ def display_location(location: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def check_source(spec: ReleaseSpec) -> None:
+    """Pre-flight check of the source that reads no private data: it never opens the source.
+
+    Checks, from metadata only (``os.stat`` and ``os.access``; ``fs.info`` for fsspec URLs), that the
+    format is known, the source exists, is a regular file (not a directory, FIFO, device or socket:
+    opening a FIFO would block), has no symlink loop, is readable, and is at most
+    ``max_source_bytes`` on disk. A compressed source can still exceed the limit when decompressed;
+    the reader stops it there.
+
+    Raises:
+        SpecError: the format is unknown (no known extension and no ``format``).
+        SourceReadError: any of the checks above fails (one line, exit code 2).
+    """
+    _ = spec.source_format  # raises SpecError for an unknown format
+    source = source_display(spec)
+    with _mapped_errors(source):
+        fs, path = fsspec.core.url_to_fs(spec.source_uri, **spec.source_options)
+        if isinstance(fs, LocalFileSystem):
+            _check_local(path, source, spec.max_source_bytes)
+            if not os.access(path, os.R_OK):
+                raise PermissionError(errno.EACCES, "no read permission")
+        else:
+            _check_remote(fs, path, source, spec.max_source_bytes)
+
+
 def read_source(spec: ReleaseSpec) -> pd.DataFrame:
     """Read the spec's source: the declared columns, as read (see the module docstring).
 
-    Undeclared columns are dropped and their names logged at INFO level.
+    Undeclared columns are dropped and logged at INFO level: CSV and Parquet columns by name, JSON
+    Lines keys as a count (keys can be per-record data).
 
     Raises:
         SourceReadError: the source cannot be read or parsed (one line, no cell values).
         SchemaValidationError: declared columns are missing (rule ``is missing``).
     """
     loaded = load_source(spec)
-    if loaded.dropped_columns:
-        logger.info("%s: dropped %d undeclared column(s): %s", loaded.source, len(loaded.dropped_columns),
-                    ", ".join(f"`{name}`" for name in loaded.dropped_columns))
+    dropped = loaded.dropped_columns
+    if dropped and loaded.format == "jsonl":
+        logger.info("%s: dropped %d undeclared key(s)", loaded.source, len(dropped))
+    elif dropped:
+        logger.info("%s: dropped %d undeclared column(s): %s", loaded.source, len(dropped),
+                    ", ".join(f"`{name}`" for name in dropped))
     return loaded.frame
 
 
 def load_source(spec: ReleaseSpec) -> LoadedSource:
-    """Like :func:`read_source`, returning the frame with the names of the dropped columns."""
+    """Like :func:`read_source`, returning the frame with the names of the dropped columns.
+
+    Memory is about the size of the resulting columns: the source is streamed (see the module
+    docstring) and at most ``max_source_bytes`` bytes are read from it, after decompression.
+    """
     source = source_display(spec)
     fmt = spec.source_format
     declared = list(spec.columns)
-    data = _read_bytes(spec.source_uri, spec.source_options, source)
-    if not data.strip(b"\xef\xbb\xbf \t\r\n"):
-        kind = {"csv": "CSV", "parquet": "Parquet", "jsonl": "JSON Lines"}[fmt]
-        raise SourceReadError(f"{source}: the source is empty; expected a {kind} file with data rows")
-    if fmt == "csv":
-        frame, names = _parse_csv(data, source, declared)
-    elif fmt == "parquet":
-        frame, names = _parse_parquet(data, source, declared)
-    else:
-        frame, names = _parse_jsonl(data, source)
-    return _select_declared(frame, names, declared, source, fmt)
+    limit = spec.max_source_bytes
+    with _mapped_errors(source), _open_binary(spec, source) as (raw, compressed):
+        if fmt == "parquet":
+            frame, names = _parse_parquet(raw, compressed, limit, source, declared)
+        else:
+            stream = _Bounded(raw, limit=limit, source=source, compressed=compressed,
+                              checker=_CsvChecker(source) if fmt == "csv" else None)
+            _refuse_blank(*stream.peek(_PEEK), source=source, fmt=fmt)
+            parse = _parse_csv if fmt == "csv" else _parse_jsonl
+            frame, names = parse(stream, source, declared)
+        return _select_declared(frame, names, declared, source, fmt)
 
 
-# ------------------------------------------------------------------------------------------- bytes
+# ------------------------------------------------------------------------------------- file checks
 
 
-def _read_bytes(uri: str, options: dict[str, Any], source: str) -> bytes:
+@contextlib.contextmanager
+def _mapped_errors(source: str) -> Iterator[None]:
+    """Turn any failure into one SourceReadError line; exception texts are never shown."""
     try:
-        with fsspec.open(uri, mode="rb", compression="infer", **options) as handle:
-            data: bytes = handle.read()
-            return data
+        yield
+    except SafeSynthError:
+        raise
+    except MemoryError as exc:
+        raise SourceReadError(
+            f"{source}: out of memory reading the source ({type(exc).__name__}); "
+            "use a machine with more memory or a smaller source"
+        ) from None
     except FileNotFoundError:
         raise SourceReadError(f"{source}: source not found; check `source` in the spec") from None
     except IsADirectoryError:
@@ -127,81 +187,334 @@ def _read_bytes(uri: str, options: dict[str, Any], source: str) -> bytes:
     except PermissionError:
         raise SourceReadError(f"{source}: permission denied reading the source") from None
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+            raise SourceReadError(f"{source}: the source path is a symlink loop") from None
         # Corrupt compressed streams (gzip.BadGzipFile, lzma.LZMAError, EOFError), unknown protocols,
-        # missing filesystem packages and remote-store failures: any filesystem may raise anything, and
-        # the exception text may quote bytes or URLs with credentials, so only the class is named.
-        raise SourceReadError(f"{source}: cannot read the source ({type(exc).__name__})") from exc
+        # missing filesystem packages, remote-store and pyarrow failures: the exception text may quote
+        # data or URLs with credentials, so only the class is named.
+        cause = None if isinstance(exc, pa.ArrowException) else exc  # pyarrow's texts quote cells
+        raise SourceReadError(f"{source}: cannot read the source ({type(exc).__name__})") from cause
 
 
-def _decode(data: bytes, source: str) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+def _check_local(path: str, source: str, limit: int) -> None:
+    # os.stat follows symlinks (a loop raises ELOOP) and opens nothing: a FIFO would block an open.
+    status = os.stat(path)
+    _require_regular(status.st_mode, source)
+    _require_size(status.st_size, source, limit)
+
+
+def _check_remote(fs: Any, path: str, source: str, limit: int) -> None:
+    info = fs.info(path)
+    if info.get("type") == "directory":
+        raise SourceReadError(f"{source}: the source is a directory, not a file")
+    size = info.get("size")
+    if isinstance(size, int):
+        _require_size(size, source, limit)
+
+
+def _require_regular(mode: int, source: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise SourceReadError(f"{source}: the source is a directory, not a file")
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    what = next((name for test, name in kinds if test(mode)), "a special file")
+    raise SourceReadError(f"{source}: the source is {what}, not a regular file; point `source` at a file")
+
+
+def _require_size(size: int, source: str, limit: int, *, how: str = "is larger on disk than") -> None:
+    if size > limit:
         raise SourceReadError(
-            f"{source}: not UTF-8 text (first invalid byte on line {line}); re-save the file as UTF-8"
-        ) from None
+            f"{source}: the source {how} `max_source_bytes` ({limit} bytes); "
+            "raise `max_source_bytes` in the spec to read it"
+        )
+
+
+@contextlib.contextmanager
+def _open_binary(spec: ReleaseSpec, source: str) -> Iterator[tuple[BinaryIO, bool]]:
+    """The source's decompressed bytes, and whether it was compressed; non-regular files are refused."""
+    opened = fsspec.open(spec.source_uri, mode="rb", compression="infer", **spec.source_options)
+    limit = spec.max_source_bytes
+    if not isinstance(opened.fs, LocalFileSystem):
+        _check_remote(opened.fs, opened.path, source, limit)
+        with opened as handle:
+            yield handle, opened.compression is not None
+        return
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(_open_local(opened.path, source, limit))
+        if opened.compression is not None:
+            handle = stack.enter_context(compr[opened.compression](handle, mode="rb"))
+        yield handle, opened.compression is not None
+
+
+@contextlib.contextmanager
+def _open_local(path: str, source: str, limit: int) -> Iterator[BinaryIO]:
+    _check_local(path, source, limit)
+    # Defence in depth, against a swap between the check and the open: O_NONBLOCK makes opening a FIFO
+    # return at once (O_NOCTTY: a terminal does not become ours), and fstat checks what was opened.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        status = os.fstat(fd)
+        _require_regular(status.st_mode, source)
+        _require_size(status.st_size, source, limit)
+        os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        yield handle
+
+
+def _refuse_blank(prefix: bytes, whole: bool, *, source: str, fmt: str) -> None:
+    if whole and not prefix.strip(_BLANK):
+        raise SourceReadError(f"{source}: the source is empty; expected a {_KIND[fmt]} file with data rows")
+
+
+# ------------------------------------------------------------------------------------ bounded bytes
+
+
+class _Bounded(io.RawIOBase):
+    """A read-only byte stream that refuses to read past ``limit`` bytes and shows each chunk to a checker.
+
+    Counting the bytes as they are read (after decompression) is what stops a compression bomb: the
+    decompressor is never asked for more than ``limit + 1`` bytes. :meth:`peek` reads ahead without
+    consuming (for the empty-file check and the CSV header). A failure is raised and kept in
+    :attr:`problem`, in case a library re-raises it as its own exception.
+    """
+
+    def __init__(self, raw: BinaryIO, *, limit: int, source: str, compressed: bool,
+                 checker: _CsvChecker | None = None) -> None:
+        super().__init__()
+        self.problem: SourceReadError | None = None
+        self._raw, self._limit, self._source = raw, limit, source
+        # On disk the size was checked before opening; what is left is decompression, a growing file
+        # or a remote store that did not tell the size.
+        self._how = "decompresses to more than" if compressed else "is larger than"
+        self._checker = checker
+        self._count = 0
+        self._eof = False
+        self._ahead = bytearray()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._ahead:
+            size = min(len(view), len(self._ahead))
+            view[:size] = self._ahead[:size]
+            del self._ahead[:size]
+            return size
+        data = self._pull(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def peek(self, size: int) -> tuple[bytes, bool]:
+        """``(first bytes not yet consumed, up to size; whether they are all that is left)``."""
+        while len(self._ahead) < size and not self._eof:
+            self._ahead += self._pull(size - len(self._ahead))
+        return bytes(self._ahead[:size]), self._eof and len(self._ahead) <= size
+
+    def drain(self) -> None:
+        """Read to the end, so that the end-of-file checks run (a parser may stop before EOF)."""
+        while self._pull(_CSV_BLOCK):
+            pass
+
+    def read_to_end(self) -> bytearray:
+        """Everything not yet consumed, read in large chunks."""
+        data, self._ahead = self._ahead, bytearray()
+        while chunk := self._pull(_CSV_BLOCK):
+            data += chunk
+        return data
+
+    def _pull(self, size: int) -> bytes:
+        if self._eof or size <= 0:
+            return b""
+        data = self._raw.read(min(size, self._limit - self._count + 1))
+        try:
+            self._count += len(data)
+            _require_size(self._count, self._source, self._limit, how=self._how)
+            if self._checker is not None:
+                self._checker.feed(data) if data else self._checker.finish()
+        except SourceReadError as exc:
+            self.problem = exc
+            raise
+        self._eof = not data
+        return data
 
 
 # --------------------------------------------------------------------------------------------- csv
 
+_OPEN_QUOTE = re.compile(rb'[,\r\n]"')  # a quote that starts a field (after a comma or a line end)
+_QUOTED = re.compile(rb'(?:[^"]++|"")*+')  # the rest of a quoted field, up to its closing quote
 
-def _csv_records(text: str, source: str) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(first physical line, fields)`` per non-blank record; line numbers are 1-based."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    while True:
-        line = reader.line_num + 1
+
+class _CsvChecker:
+    """Strict quoting and UTF-8, checked on the CSV bytes as they stream past, with line numbers.
+
+    pyarrow is lenient where Python's csv module in strict mode (which it replaced here) is not: it
+    takes text after a closing quote into the field and reads an unclosed quote to the end of the file.
+    Both are refused here; a quote inside an unquoted field is text, as for the csv module.
+    """
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._lines = 0  # newlines in the bytes before the current chunk
+        self._carry = b"\n"  # outside quotes: the previous byte; inside: b"" or a pending quote
+        self._quoted = False
+        self._open: tuple[int, bytes, int, int] = (0, b"", 0, 0)  # where the open quote is
+        self._started = False
+
+    def feed(self, data: bytes) -> None:
+        self._check_utf8(data)
+        if not self._started:
+            self._started = True
+            data = data.removeprefix(codecs.BOM_UTF8)
+        buf, skip, pos = self._carry + data, len(self._carry), 0
+        while True:
+            if not self._quoted:
+                match = _OPEN_QUOTE.search(buf, pos)
+                if match is None:
+                    self._carry = buf[-1:]
+                    break
+                self._quoted, pos = True, match.end()
+                self._open = (self._lines, buf, skip, match.start() + 1)
+                continue
+            end = _QUOTED.match(buf, pos).end()  # type: ignore[union-attr]  # always matches
+            if end >= len(buf) - 1:  # no closing quote yet, or one whose next byte is still to come
+                self._carry = buf[end:]
+                break
+            if buf[end + 1] not in b",\r\n":
+                line = self._lines + buf.count(b"\n", skip, end) + 1
+                raise SourceReadError(
+                    f"{self._source}: malformed CSV at line {line}: malformed quoting "
+                    "(a closing quote must be followed by a comma or a line end)"
+                )
+            self._quoted, pos = False, end + 1
+        self._lines += data.count(b"\n")
+
+    def finish(self) -> None:
+        self._check_utf8(b"", final=True)
+        if self._quoted and self._carry != b'"':
+            lines, buf, skip, pos = self._open
+            line = lines + buf.count(b"\n", skip, pos) + 1
+            raise SourceReadError(
+                f"{self._source}: malformed CSV at line {line}: unbalanced quote "
+                "(a quoted field starting here never closes)"
+            )
+
+    def _check_utf8(self, data: bytes, *, final: bool = False) -> None:
+        pending = len(self._utf8.getstate()[0])  # bytes of a character cut by the previous chunk
         try:
-            fields = next(reader)
-        except StopIteration:
+            self._utf8.decode(data, final)
+        except UnicodeDecodeError as exc:
+            line = self._lines + data.count(b"\n", 0, max(0, exc.start - pending)) + 1
+            raise _not_utf8(self._source, line) from None
+
+
+def _not_utf8(source: str, line: int) -> SourceReadError:
+    return SourceReadError(f"{source}: not UTF-8 text (first invalid byte on line {line}); re-save the file as UTF-8")
+
+
+class _RaggedRows:
+    """pyarrow's invalid-row handler: skip and count rows with the wrong number of fields."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: tuple[int | None, int, int] | None = None
+
+    def __call__(self, row: Any) -> str:
+        # row.text is the raw record: never kept, never shown.
+        self.count += 1
+        if self.first is None:
+            self.first = (row.number, row.actual_columns, row.expected_columns)
+        return "skip"
+
+    def check(self, source: str) -> None:
+        if self.first is None:
             return
-        except csv.Error as exc:
-            if "field larger than field limit" in str(exc):
-                why = f"a field is longer than {_CSV_FIELD_LIMIT} characters"
-            elif "unexpected end of data" in str(exc):
-                why = "unbalanced quote (a quoted field starting here never closes)"
-            else:
-                why = "malformed quoting (a closing quote must be followed by a comma or a line end)"
-            raise SourceReadError(f"{source}: malformed CSV at line {line}: {why}") from None
-        if fields:
-            yield line, fields
-
-
-def _parse_csv(data: bytes, source: str, declared: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    records = _csv_records(_decode(data, source), source)
-    first = next(records, None)
-    if first is None:
-        raise SourceReadError(f"{source}: the source is empty; expected a CSV header and data rows")
-    header = first[1]
-    _check_unique(header, source, declared=set(declared))
-    rows: list[list[str]] = []
-    ragged = 0
-    first_ragged: tuple[int, int] | None = None
-    for line, fields in records:
-        if len(fields) != len(header):
-            ragged += 1
-            first_ragged = first_ragged or (line, len(fields))
-            continue
-        rows.append(fields)
-    if first_ragged is not None:
-        line, got = first_ragged
+        line, got, expected = self.first
+        where = f"line {line}" if line is not None else "an unknown line"
         raise SourceReadError(
-            f"{source}: malformed CSV: {ragged} row{'s' if ragged != 1 else ''} with the wrong number of "
-            f"fields, first at line {line} ({got} fields, the header has {len(header)})"
+            f"{source}: malformed CSV: {self.count} row{'s' if self.count != 1 else ''} with the wrong "
+            f"number of fields, first at {where} ({got} fields, the header has {expected})"
         )
-    if not rows:
+
+
+def _parse_csv(stream: _Bounded, source: str, declared: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    header = _csv_header(stream, source)
+    _check_unique(header, source, declared=set(declared))
+    _require_declared(header, declared, source)  # before reading the rows: fail fast
+    ragged = _RaggedRows()
+    try:
+        reader = pacsv.open_csv(
+            stream,
+            # One thread: pyarrow then knows the line number of a ragged row.
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=ragged),
+            # Only declared columns are converted, all as text: empty cells (quoted or not) are null;
+            # nothing else is ("NA", "null", "?" may be legitimate categories).
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in declared}, include_columns=declared,
+                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True,
+            ),
+        )
+        table = reader.read_all()
+        stream.drain()
+    except MemoryError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise _csv_failure(stream, exc, source) from None
+    ragged.check(source)
+    if table.num_rows == 0:
         raise SourceReadError(f"{source}: no data rows (the CSV has a header only)")
-    # Only declared columns are materialised; the header names are returned to report the others.
-    keep = set(declared)
-    wanted = {name: index for index, name in enumerate(header) if name in keep}
-    frame = pd.DataFrame({name: _csv_column([row[index] for row in rows]) for name, index in wanted.items()})
-    return frame, header
+    return table.to_pandas(self_destruct=True), header
 
 
-def _csv_column(values: list[str]) -> pd.Series:
-    # Empty cells are null; nothing else is ("NA", "null", "?" may be legitimate categories).
-    series = pd.Series(values, dtype="str")
-    return series.mask(series == "")
+def _csv_failure(stream: _Bounded, exc: Exception, source: str) -> SafeSynthError:
+    if stream.problem is not None:
+        return stream.problem
+    # pyarrow's message quotes the record: it is only inspected, never shown.
+    if "straddl" in str(exc):
+        why = f"a record is longer than {_CSV_BLOCK // 2**20} MiB"
+    else:
+        why = f"the parser failed ({type(exc).__name__})"
+    return SourceReadError(f"{source}: malformed CSV: {why}")
+
+
+def _csv_header(stream: _Bounded, source: str) -> list[str]:
+    """The header record, parsed from the first whole lines of the stream (which stay unread)."""
+    size = _PEEK
+    while True:
+        prefix, whole = stream.peek(size)
+        end = len(prefix) if whole else prefix.rfind(b"\n") + 1  # whole lines: no cut record
+        records = (fields for fields in csv.reader(
+            io.StringIO(prefix[:end].decode("utf-8-sig"), newline=""), strict=True) if fields)
+        try:
+            header = next(records, None)
+        except csv.Error:
+            # A quoted header field continues past the prefix (or the header is malformed: then the
+            # checker reports it with its line when the stream reaches it).
+            header = None
+        if header is not None:
+            if whole and _no_more_records(records):
+                raise SourceReadError(f"{source}: no data rows (the CSV has a header only)")
+            return header
+        if whole:
+            raise SourceReadError(f"{source}: the source is empty; expected a CSV header and data rows")
+        if size >= _HEADER_LIMIT:
+            raise SourceReadError(f"{source}: the CSV header is longer than {_HEADER_LIMIT // 2**20} MiB")
+        size *= 4
+
+
+def _no_more_records(records: Iterator[list[str]]) -> bool:
+    try:
+        return next(records, None) is None
+    except csv.Error:  # a field over the csv module's size limit: rows follow; pyarrow reads them
+        return False
 
 
 def _check_unique(names: list[str], source: str, *, declared: set[str]) -> None:
@@ -229,13 +542,25 @@ def _nullable_dtype(arrow: pa.DataType) -> Any:
     return None  # pandas' default (str for strings, datetime64 for timestamps, object otherwise)
 
 
-def _parse_parquet(data: bytes, source: str, declared: list[str]) -> tuple[pd.DataFrame, list[str]]:
+def _parse_parquet(
+    raw: BinaryIO, compressed: bool, limit: int, source: str, declared: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    if compressed or not raw.seekable():
+        # Parquet needs random access: a compressed file is decompressed into memory, bounded.
+        data = _Bounded(raw, limit=limit, source=source, compressed=compressed).read_to_end()
+        _refuse_blank(bytes(data[:_PEEK]), len(data) <= _PEEK, source=source, fmt="parquet")
+        file: Any = pa.BufferReader(pa.py_buffer(data))
+    else:
+        head = raw.read(_PEEK)
+        raw.seek(0)
+        _refuse_blank(head, len(head) < _PEEK, source=source, fmt="parquet")
+        file = raw
     try:
-        parquet = pq.ParquetFile(pa.BufferReader(data))
+        parquet = pq.ParquetFile(file)
         names = parquet.schema_arrow.names
         _check_unique(names, source, declared=set(declared))
         table = parquet.read(columns=[name for name in names if name in declared])
-    except SourceReadError:
+    except (SourceReadError, MemoryError):
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise SourceReadError(f"{source}: not a valid Parquet file ({type(exc).__name__})") from None
@@ -246,7 +571,6 @@ def _parse_parquet(data: bytes, source: str, declared: list[str]) -> tuple[pd.Da
 
 
 # ------------------------------------------------------------------------------------------ jsonl
-
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
@@ -259,50 +583,66 @@ class _DuplicateKey(Exception):
     pass
 
 
-def _parse_jsonl(data: bytes, source: str) -> tuple[pd.DataFrame, list[str]]:
-    text = _decode(data, source)
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+def _json_record(raw: bytes, number: int, source: str) -> dict[str, Any] | None:
+    """The object on one line (``None`` for a blank line); one-line errors that name the line."""
+    try:
+        text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(source, number) from None
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey:
+        raise SourceReadError(f"{source}: line {number} repeats a key; each key must appear once") from None
+    except json.JSONDecodeError as exc:
+        raise SourceReadError(f"{source}: line {number} is not valid JSON (at character {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer over 4300 digits, nesting too deep
+        raise SourceReadError(f"{source}: line {number} is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(record, dict):
+        raise SourceReadError(f"{source}: line {number} is not a JSON object; expected one object per line")
+    return record
+
+
+def _parse_jsonl(stream: _Bounded, source: str, declared: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    # Line by line, keeping the declared keys only: memory is the declared values, not the file.
+    # (pyarrow.json does not fit: it infers one type per column and fails when a later line has another
+    # JSON type, while a column may mix them: validation reads "3" and 3, true and 1 alike.)
+    columns: dict[str, list[Any]] = {name: [] for name in declared}
+    keys: dict[str, None] = {}  # every key seen, in order of first appearance
+    rows = 0
+    for number, line in enumerate(io.BufferedReader(stream, buffer_size=1 << 20), start=1):
+        record = _json_record(line, number, source)
+        if record is None:
             continue
-        try:
-            record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
-        except _DuplicateKey:
-            raise SourceReadError(
-                f"{source}: line {number} repeats a key; each key must appear once"
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise SourceReadError(
-                f"{source}: line {number} is not valid JSON (at character {exc.colno})"
-            ) from None
-        if not isinstance(record, dict):
-            raise SourceReadError(
-                f"{source}: line {number} is not a JSON object; expected one object per line"
-            )
-        records.append(record)
-    if not records:
+        keys.update(dict.fromkeys(record))
+        for name, values in columns.items():
+            values.append(record.get(name))
+        rows += 1
+    if not rows:
         raise SourceReadError(f"{source}: no data rows (the JSON Lines file has no records)")
-    names = list(dict.fromkeys(key for record in records for key in record))
     # object columns of the decoded values: no inference, a missing key is a null.
-    frame = pd.DataFrame(
-        {name: pd.Series([record.get(name) for record in records], dtype="object") for name in names}
-    )
-    return frame, names
+    frame = pd.DataFrame({name: pd.Series(values, dtype="object") for name, values in columns.items()})
+    return frame, list(keys)
 
 
 # ----------------------------------------------------------------------------------------- columns
 
 
-def _select_declared(
-    frame: pd.DataFrame, names: list[str], declared: list[str], source: str, fmt: str
-) -> LoadedSource:
+def _require_declared(names: list[str], declared: list[str], source: str) -> None:
     present = set(names)
     missing = [name for name in declared if name not in present]
     if missing:
         # Undeclared names are not reported here: the "header" may be a data row.
         raise SchemaValidationError([(name, "is missing", None) for name in missing], source=source)
+
+
+def _select_declared(
+    frame: pd.DataFrame, names: list[str], declared: list[str], source: str, fmt: str
+) -> LoadedSource:
+    _require_declared(names, declared, source)
     keep = set(declared)
     dropped = tuple(str(name) for name in names if name not in keep)
-    selected = frame[declared].copy()
+    selected = frame if list(frame.columns) == declared else frame[declared].copy()
     selected.index = pd.RangeIndex(len(selected))
     return LoadedSource(frame=selected, source=source, format=fmt, dropped_columns=dropped)
