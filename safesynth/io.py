@@ -300,6 +300,16 @@ class _Bounded(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int | None = -1) -> bytes:
+        # pyarrow calls read(block size); io.RawIOBase.read would allocate a whole block per call.
+        if size is None or size < 0:
+            return bytes(self.read_to_end())
+        if self._ahead:
+            data = bytes(self._ahead[:size])
+            del self._ahead[:size]
+            return data
+        return self._pull(size)
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         if self._ahead:
@@ -416,7 +426,9 @@ class _CsvChecker:
 
 
 def _not_utf8(source: str, line: int) -> SourceReadError:
-    return SourceReadError(f"{source}: not UTF-8 text (first invalid byte on line {line}); re-save the file as UTF-8")
+    return SourceReadError(
+        f"{source}: not UTF-8 text (first invalid byte on line {line}); re-save the file as UTF-8"
+    )
 
 
 class _RaggedRows:
@@ -479,7 +491,7 @@ def _csv_failure(stream: _Bounded, exc: Exception, source: str) -> SafeSynthErro
         return stream.problem
     # pyarrow's message quotes the record: it is only inspected, never shown.
     if "straddl" in str(exc):
-        why = f"a record is longer than {_CSV_BLOCK // 2**20} MiB"
+        why = f"a record is longer than {_CSV_BLOCK} bytes (the parser's block)"
     else:
         why = f"the parser failed ({type(exc).__name__})"
     return SourceReadError(f"{source}: malformed CSV: {why}")
@@ -495,7 +507,12 @@ def _csv_header(stream: _Bounded, source: str) -> list[str]:
             io.StringIO(prefix[:end].decode("utf-8-sig"), newline=""), strict=True) if fields)
         try:
             header = next(records, None)
-        except csv.Error:
+        except csv.Error as exc:
+            if "field limit" in str(exc):
+                limit = csv.field_size_limit()
+                raise SourceReadError(
+                    f"{source}: malformed CSV: a header field is longer than {limit} characters"
+                ) from None
             # A quoted header field continues past the prefix (or the header is malformed: then the
             # checker reports it with its line when the stream reaches it).
             header = None
@@ -506,7 +523,10 @@ def _csv_header(stream: _Bounded, source: str) -> list[str]:
         if whole:
             raise SourceReadError(f"{source}: the source is empty; expected a CSV header and data rows")
         if size >= _HEADER_LIMIT:
-            raise SourceReadError(f"{source}: the CSV header is longer than {_HEADER_LIMIT // 2**20} MiB")
+            raise SourceReadError(
+                f"{source}: the CSV header does not end within {_HEADER_LIMIT // 2**20} MiB "
+                "(an unbalanced quote?)"
+            )
         size *= 4
 
 
@@ -596,7 +616,9 @@ def _json_record(raw: bytes, number: int, source: str) -> dict[str, Any] | None:
     except _DuplicateKey:
         raise SourceReadError(f"{source}: line {number} repeats a key; each key must appear once") from None
     except json.JSONDecodeError as exc:
-        raise SourceReadError(f"{source}: line {number} is not valid JSON (at character {exc.colno})") from None
+        raise SourceReadError(
+            f"{source}: line {number} is not valid JSON (at character {exc.colno})"
+        ) from None
     except (ValueError, RecursionError) as exc:  # an integer over 4300 digits, nesting too deep
         raise SourceReadError(f"{source}: line {number} is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(record, dict):
