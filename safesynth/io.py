@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import os
-import re
 import stat
 from collections import Counter
 from collections.abc import Iterator
@@ -45,6 +44,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -113,7 +113,7 @@ def check_source(spec: ReleaseSpec) -> None:
     """
     _ = spec.source_format  # raises SpecError for an unknown format
     source = source_display(spec)
-    with _mapped_errors(source):
+    try:
         fs, path = fsspec.core.url_to_fs(spec.source_uri, **spec.source_options)
         if isinstance(fs, LocalFileSystem):
             _check_local(path, source, spec.max_source_bytes)
@@ -121,6 +121,12 @@ def check_source(spec: ReleaseSpec) -> None:
                 raise PermissionError(errno.EACCES, "no read permission")
         else:
             _check_remote(fs, path, source, spec.max_source_bytes)
+        return
+    except SafeSynthError:
+        raise
+    except Exception as exc:
+        error, cause = _read_failure(exc, source)
+    raise error from cause  # outside the except: see _read_failure
 
 
 def read_source(spec: ReleaseSpec) -> pd.DataFrame:
@@ -151,9 +157,19 @@ def load_source(spec: ReleaseSpec) -> LoadedSource:
     """
     source = source_display(spec)
     fmt = spec.source_format
+    try:
+        return _load(spec, source, fmt)
+    except SafeSynthError:
+        raise
+    except Exception as exc:
+        error, cause = _read_failure(exc, source)
+    raise error from cause  # outside the except: see _read_failure
+
+
+def _load(spec: ReleaseSpec, source: str, fmt: str) -> LoadedSource:
     declared = list(spec.columns)
     limit = spec.max_source_bytes
-    with _mapped_errors(source), _open_binary(spec, source) as (raw, compressed):
+    with _open_binary(spec, source) as (raw, compressed):
         if fmt == "parquet":
             frame, names = _parse_parquet(raw, compressed, limit, source, declared)
         else:
@@ -168,32 +184,30 @@ def load_source(spec: ReleaseSpec) -> LoadedSource:
 # ------------------------------------------------------------------------------------- file checks
 
 
-@contextlib.contextmanager
-def _mapped_errors(source: str) -> Iterator[None]:
-    """Turn any failure into one SourceReadError line; exception texts are never shown."""
-    try:
-        yield
-    except SafeSynthError:
-        raise
-    except MemoryError as exc:
-        raise SourceReadError(
+def _read_failure(exc: Exception, source: str) -> tuple[SourceReadError, BaseException | None]:
+    """One SourceReadError line for any failure, and the cause to chain, if any.
+
+    Callers raise it outside their ``except`` block, so that the original exception is not kept as
+    ``__context__`` unless it is the deliberate cause: pyarrow's texts quote cells.
+    """
+    if isinstance(exc, MemoryError):
+        return SourceReadError(
             f"{source}: out of memory reading the source ({type(exc).__name__}); "
             "use a machine with more memory or a smaller source"
-        ) from None
-    except FileNotFoundError:
-        raise SourceReadError(f"{source}: source not found; check `source` in the spec") from None
-    except IsADirectoryError:
-        raise SourceReadError(f"{source}: the source is a directory, not a file") from None
-    except PermissionError:
-        raise SourceReadError(f"{source}: permission denied reading the source") from None
-    except Exception as exc:
-        if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
-            raise SourceReadError(f"{source}: the source path is a symlink loop") from None
-        # Corrupt compressed streams (gzip.BadGzipFile, lzma.LZMAError, EOFError), unknown protocols,
-        # missing filesystem packages, remote-store and pyarrow failures: the exception text may quote
-        # data or URLs with credentials, so only the class is named.
-        cause = None if isinstance(exc, pa.ArrowException) else exc  # pyarrow's texts quote cells
-        raise SourceReadError(f"{source}: cannot read the source ({type(exc).__name__})") from cause
+        ), None
+    known = ((FileNotFoundError, "source not found; check `source` in the spec"),
+             (IsADirectoryError, "the source is a directory, not a file"),
+             (PermissionError, "permission denied reading the source"))
+    for kind, what in known:
+        if isinstance(exc, kind):
+            return SourceReadError(f"{source}: {what}"), None
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return SourceReadError(f"{source}: the source path is a symlink loop"), None
+    # Corrupt compressed streams (gzip.BadGzipFile, lzma.LZMAError, EOFError), unknown protocols,
+    # missing filesystem packages, remote-store and pyarrow failures: the exception text may quote data
+    # or URLs with credentials, so only the class is named (the cause is kept, except pyarrow's).
+    cause = None if isinstance(exc, pa.ArrowException) else exc
+    return SourceReadError(f"{source}: cannot read the source ({type(exc).__name__})"), cause
 
 
 def _check_local(path: str, source: str, limit: int) -> None:
@@ -295,6 +309,7 @@ class _Bounded(io.RawIOBase):
         self._checker = checker
         self._count = 0
         self._eof = False
+        self._stopped = False
         self._ahead = bytearray()
 
     def readable(self) -> bool:
@@ -339,8 +354,12 @@ class _Bounded(io.RawIOBase):
             data += chunk
         return data
 
+    def stop(self) -> None:
+        """Read nothing more: later reads see the end of the file."""
+        self._stopped = True
+
     def _pull(self, size: int) -> bytes:
-        if self._eof or size <= 0:
+        if self._eof or self._stopped or size <= 0:
             return b""
         data = self._raw.read(min(size, self._limit - self._count + 1))
         try:
@@ -357,8 +376,10 @@ class _Bounded(io.RawIOBase):
 
 # --------------------------------------------------------------------------------------------- csv
 
-_OPEN_QUOTE = re.compile(rb'[,\r\n]"')  # a quote that starts a field (after a comma or a line end)
-_QUOTED = re.compile(rb'(?:[^"]++|"")*+')  # the rest of a quoted field, up to its closing quote
+_QUOTE = ord('"')
+_ENDS_FIELD = np.zeros(256, dtype=bool)  # bytes after which a quote opens a field, and after which
+_ENDS_FIELD[[ord(","), ord("\r"), ord("\n")]] = True  # a closing quote is well-formed
+_CHECK_STEP = 1 << 22  # bytes checked at once (the index arrays are a few times this)
 
 
 class _CsvChecker:
@@ -366,16 +387,22 @@ class _CsvChecker:
 
     pyarrow is lenient where Python's csv module in strict mode (which it replaced here) is not: it
     takes text after a closing quote into the field and reads an unclosed quote to the end of the file.
-    Both are refused here; a quote inside an unquoted field is text, as for the csv module.
+    Both are refused here, with the csv module's rules: a quote opens a field only after a comma or a
+    line end (elsewhere it is text), ``""`` inside a quoted field is a quote, and a closing quote must
+    be followed by a comma, a line end or the end of the file.
+
+    The rules are applied to runs of consecutive quotes with numpy, not byte by byte in Python. A run
+    of odd length either toggles the state (at a field start: it opens a field from outside, closes one
+    from inside) or leaves it outside (text in an unquoted field, or the closing quote of a field).
     """
 
     def __init__(self, source: str) -> None:
         self._source = source
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
-        self._lines = 0  # newlines in the bytes before the current chunk
-        self._carry = b"\n"  # outside quotes: the previous byte; inside: b"" or a pending quote
+        self._lines = 0  # newlines in the bytes before the current piece
+        self._carry = b"\n"  # the byte before the piece (never a quote), then a run the piece cut
         self._quoted = False
-        self._open: tuple[int, bytes, int, int] = (0, b"", 0, 0)  # where the open quote is
+        self._open: tuple[int, bytes, int] = (0, b"", 0)  # (lines before, piece, position) of the open quote
         self._started = False
 
     def feed(self, data: bytes) -> None:
@@ -383,38 +410,61 @@ class _CsvChecker:
         if not self._started:
             self._started = True
             data = data.removeprefix(codecs.BOM_UTF8)
-        buf, skip, pos = self._carry + data, len(self._carry), 0
-        while True:
-            if not self._quoted:
-                match = _OPEN_QUOTE.search(buf, pos)
-                if match is None:
-                    self._carry = buf[-1:]
-                    break
-                self._quoted, pos = True, match.end()
-                self._open = (self._lines, buf, skip, match.start() + 1)
-                continue
-            end = _QUOTED.match(buf, pos).end()  # type: ignore[union-attr]  # always matches
-            if end >= len(buf) - 1:  # no closing quote yet, or one whose next byte is still to come
-                self._carry = buf[end:]
-                break
-            if buf[end + 1] not in b",\r\n":
-                line = self._lines + buf.count(b"\n", skip, end) + 1
-                raise SourceReadError(
-                    f"{self._source}: malformed CSV at line {line}: malformed quoting "
-                    "(a closing quote must be followed by a comma or a line end)"
-                )
-            self._quoted, pos = False, end + 1
-        self._lines += data.count(b"\n")
+        for start in range(0, len(data), _CHECK_STEP):
+            self._scan(data[start : start + _CHECK_STEP], final=False)
 
     def finish(self) -> None:
         self._check_utf8(b"", final=True)
-        if self._quoted and self._carry != b'"':
-            lines, buf, skip, pos = self._open
-            line = lines + buf.count(b"\n", skip, pos) + 1
+        self._scan(b"", final=True)
+        if self._quoted:
+            lines, buf, pos = self._open
+            line = lines + buf.count(b"\n", 1, pos) + 1
             raise SourceReadError(
                 f"{self._source}: malformed CSV at line {line}: unbalanced quote "
                 "(a quoted field starting here never closes)"
             )
+
+    def _scan(self, data: bytes, *, final: bool) -> None:
+        buf = self._carry + data
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        quotes = np.flatnonzero(arr == _QUOTE)
+        first = np.ones(len(quotes), dtype=bool)
+        first[1:] = np.diff(quotes) != 1
+        starts = quotes[first]
+        ends = starts + np.diff(np.append(np.flatnonzero(first), len(quotes)))  # one past each run
+        self._carry = buf[-1:]
+        if not final and len(ends) and ends[-1] == len(buf):  # the piece cuts a run: keep it for later
+            self._carry = buf[starts[-1] - 1 :]
+            starts, ends = starts[:-1], ends[:-1]
+        if len(starts):
+            self._runs(buf, arr, starts, ends)
+        self._lines += data.count(b"\n")
+
+    def _runs(self, buf: bytes, arr: Any, starts: Any, ends: Any) -> None:
+        odd = (ends - starts) % 2 == 1
+        at_start = _ENDS_FIELD[arr[starts - 1]]  # buf[0] is never a quote: starts >= 1
+        clean = np.ones(len(ends), dtype=bool)  # the run is followed by a field end or the file end
+        inside = ends < len(arr)
+        clean[inside] = _ENDS_FIELD[arr[ends[inside]]]
+        # State after each run: outside after the last odd run inside a field, then toggled by each
+        # odd run at a field start (before any such reset: the state the piece began in).
+        toggles = np.cumsum(odd & at_start)
+        last_reset = np.maximum.accumulate(np.where(odd & ~at_start, np.arange(len(odd)), -1))
+        since = toggles - np.where(last_reset >= 0, toggles[np.maximum(last_reset, 0)], 0)
+        after = (np.where(last_reset >= 0, 0, int(self._quoted)) + since) % 2 == 1
+        before = np.concatenate(([self._quoted], after[:-1]))
+        closing = np.where(before, odd, at_start & ~odd)  # the run's last quote closes a field
+        bad = np.flatnonzero(closing & ~clean)
+        if len(bad):
+            line = self._lines + buf.count(b"\n", 1, int(ends[bad[0]])) + 1
+            raise SourceReadError(
+                f"{self._source}: malformed CSV at line {line}: malformed quoting "
+                "(a closing quote must be followed by a comma or a line end)"
+            )
+        opening = np.flatnonzero(~before & at_start & odd)
+        self._quoted = bool(after[-1])
+        if self._quoted and len(opening):
+            self._open = (self._lines, buf, int(starts[opening[-1]]))
 
     def _check_utf8(self, data: bytes, *, final: bool = False) -> None:
         pending = len(self._utf8.getstate()[0])  # bytes of a character cut by the previous chunk
@@ -461,29 +511,36 @@ def _parse_csv(stream: _Bounded, source: str, declared: list[str]) -> tuple[pd.D
     _check_unique(header, source, declared=set(declared))
     _require_declared(header, declared, source)  # before reading the rows: fail fast
     ragged = _RaggedRows()
+    failure: SafeSynthError | None = None
     try:
-        reader = pacsv.open_csv(
-            stream,
-            # One thread: pyarrow then knows the line number of a ragged row.
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=ragged),
-            # Only declared columns are converted, all as text: empty cells (quoted or not) are null;
-            # nothing else is ("NA", "null", "?" may be legitimate categories).
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in declared}, include_columns=declared,
-                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True,
-            ),
-        )
-        table = reader.read_all()
+        table = pacsv.open_csv(stream, **_csv_options(declared, ragged)).read_all()
         stream.drain()
-    except MemoryError:
+    except (SafeSynthError, MemoryError):
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise _csv_failure(stream, exc, source) from None
+        failure = _csv_failure(stream, exc, source)
+    finally:
+        stream.stop()  # pyarrow reads ahead on a thread of its own: no more reads after this
+    if failure is not None:
+        raise failure  # outside the except: pyarrow's exception (it quotes the record) is not kept
     ragged.check(source)
     if table.num_rows == 0:
         raise SourceReadError(f"{source}: no data rows (the CSV has a header only)")
     return table.to_pandas(self_destruct=True), header
+
+
+def _csv_options(declared: list[str], ragged: _RaggedRows) -> dict[str, Any]:
+    return {
+        # One thread: pyarrow then knows the line number of a ragged row.
+        "read_options": pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK),
+        "parse_options": pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=ragged),
+        # Only declared columns are converted, all as text: empty cells (quoted or not) are null;
+        # nothing else is ("NA", "null", "?" may be legitimate categories).
+        "convert_options": pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in declared}, include_columns=declared,
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True,
+        ),
+    }
 
 
 def _csv_failure(stream: _Bounded, exc: Exception, source: str) -> SafeSynthError:

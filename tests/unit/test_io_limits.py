@@ -35,6 +35,10 @@ def source_error(call, spec) -> str:
         call(spec)
     message = str(info.value)
     assert "\n" not in message and SECRET not in message
+    chained, seen = info.value.__cause__ or info.value.__context__, 0
+    while chained is not None and seen < 10:  # nor in what a traceback would show
+        assert SECRET not in str(chained)
+        chained, seen = chained.__cause__ or chained.__context__, seen + 1
     return message
 
 
