@@ -63,7 +63,9 @@ _KIND = {"csv": "CSV", "parquet": "Parquet", "jsonl": "JSON Lines"}
 _BLANK = b"\xef\xbb\xbf \t\r\n"
 _PEEK = 1 << 16  # bytes looked at for the empty-file check and, first, for the CSV header
 _HEADER_LIMIT = 16 * 2**20
-_CSV_BLOCK = 16 * 2**20  # pyarrow parses in blocks; one record must fit in one block
+# pyarrow parses in blocks (one record must fit in one); the bytes read, checked and parsed at a time.
+# Larger blocks do not read faster, and their transient copies add to the peak memory.
+_CSV_BLOCK = 4 * 2**20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -204,9 +206,10 @@ def _read_failure(exc: Exception, source: str) -> tuple[SourceReadError, BaseExc
     if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
         return SourceReadError(f"{source}: the source path is a symlink loop"), None
     # Corrupt compressed streams (gzip.BadGzipFile, lzma.LZMAError, EOFError), unknown protocols,
-    # missing filesystem packages, remote-store and pyarrow failures: the exception text may quote data
-    # or URLs with credentials, so only the class is named (the cause is kept, except pyarrow's).
-    cause = None if isinstance(exc, pa.ArrowException) else exc
+    # missing filesystem packages, remote-store, pandas and pyarrow failures: the exception text may
+    # quote data (pyarrow's quote records, BadGzipFile the first bytes) or URLs with credentials, so only
+    # the class is named. System and network errors (with an errno) are chained, for debugging.
+    cause = exc if isinstance(exc, OSError) and exc.errno is not None else None
     return SourceReadError(f"{source}: cannot read the source ({type(exc).__name__})"), cause
 
 
@@ -468,6 +471,8 @@ class _CsvChecker:
 
     def _check_utf8(self, data: bytes, *, final: bool = False) -> None:
         pending = len(self._utf8.getstate()[0])  # bytes of a character cut by the previous chunk
+        if not pending and data.isascii():
+            return  # valid UTF-8, and no decoded copy made
         try:
             self._utf8.decode(data, final)
         except UnicodeDecodeError as exc:
@@ -535,9 +540,10 @@ def _csv_options(declared: list[str], ragged: _RaggedRows) -> dict[str, Any]:
         "read_options": pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK),
         "parse_options": pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=ragged),
         # Only declared columns are converted, all as text: empty cells (quoted or not) are null;
-        # nothing else is ("NA", "null", "?" may be legitimate categories).
+        # nothing else is ("NA", "null", "?" may be legitimate categories). large_string is what
+        # pandas' str dtype holds: the frame then shares the table's buffers instead of a cast copy.
         "convert_options": pacsv.ConvertOptions(
-            column_types={name: pa.string() for name in declared}, include_columns=declared,
+            column_types={name: pa.large_string() for name in declared}, include_columns=declared,
             null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True,
         ),
     }
