@@ -297,6 +297,10 @@ class ReleaseSpec(_Frozen):
     source: str = Field(..., description="Local path or fsspec URL; csv, parquet or jsonl.")
     format: Literal["csv", "parquet", "jsonl"] | None = Field(None, description="Default: from the extension.")
     source_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options.")
+    max_source_bytes: int = Field(
+        10 * 2**30, ge=1, description="Largest source read, in bytes: both its size on disk and the bytes it "
+        "decompresses to (a compressed source is stopped at this many bytes). Default 10 GiB."
+    )
     columns: dict[str, ColumnSpec]
     privacy: PrivacySpec
     generator: GeneratorSpec = Field(default_factory=lambda: MarginalsGeneratorSpec(kind="marginals"))
