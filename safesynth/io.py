@@ -218,6 +218,8 @@ def _check_local(path: str, source: str, limit: int) -> None:
     status = os.stat(path)
     _require_regular(status.st_mode, source)
     _require_size(status.st_size, source, limit)
+    if status.st_size == 0:
+        raise SourceReadError(f"{source}: the source is empty (0 bytes)")
 
 
 def _check_remote(fs: Any, path: str, source: str, limit: int) -> None:
@@ -227,6 +229,8 @@ def _check_remote(fs: Any, path: str, source: str, limit: int) -> None:
     size = info.get("size")
     if isinstance(size, int):
         _require_size(size, source, limit)
+        if size == 0:
+            raise SourceReadError(f"{source}: the source is empty (0 bytes)")
 
 
 def _require_regular(mode: int, source: str) -> None:

@@ -244,8 +244,10 @@ def ingest(ctx: RunContext, reservation: Any) -> Path:
     ctx.path("data_read").touch()
     log.info("reading %s source %s", spec.source_format, source_display(spec))
     raw = read_source(spec)
-    out = ctx.path("raw.parquet")
-    raw.to_parquet(out, index=False)
+    # A pickle, not Parquet: JSON Lines columns may mix JSON types until validation has typed them (and
+    # pyarrow's conversion errors quote cell values). It never leaves the private work directory.
+    out = ctx.path("raw.pkl")
+    raw.to_pickle(out)
     return out
 
 
@@ -255,7 +257,8 @@ def validate(ctx: RunContext, raw_path: Path) -> Path:
     from safesynth.validation import validate_frame
 
     spec = ctx.spec
-    typed, summary = validate_frame(pd.read_parquet(raw_path), spec, source_name=source_display(spec))
+    typed, summary = validate_frame(pd.read_pickle(raw_path), spec,  # noqa: S301 - our own file
+                                    source_name=source_display(spec))
     out = ctx.path("clean.parquet")
     typed.to_parquet(out, index=False)
     raw_path.unlink(missing_ok=True)

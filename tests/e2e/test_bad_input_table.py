@@ -13,7 +13,6 @@ spec errors, which the CLI rejects before starting an engine, run with the local
 Starting a process costs seconds of CPU, so the selected cases are launched together on a thread pool
 when the first one is needed, and each test then checks its own finished run.
 
-Cases that fail today are strict xfails ("issue 7: ..."): each flips to a failure once it is fixed.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +171,6 @@ class Case:
     preflight: bool = False  # visible without reading private data: no budget may be charged
     engines: tuple[str, ...] = ENGINES
     needles: tuple[str, ...] = ()  # must appear in the error line
-    xfail: dict[str, str] = field(default_factory=dict)  # engine ("*": all) -> what is wrong today
     timeout_s: int = TIMEOUT_S
     cpu_s: int | None = None
 
@@ -243,72 +241,51 @@ def _release_id(rid: str) -> Callable[[Workspace], list[str]]:
     return lambda ws: [ws.spec(), "--release-id", rid]
 
 
-CHARGED = "charges the budget before a pre-flight check"
-TRACE = "prefect engine prints a traceback"
-TARGET = "publish target checked only at publish, after charging (exit 1)"
-NO_MAX_BYTES = "spec has no `max_source_bytes`"
-
-
-def today(reason: str | None = None) -> dict[str, str]:
-    """What fails today: ``reason`` with both engines, plus the traceback the prefect engine prints."""
-    if reason is None:
-        return {"prefect": TRACE}
-    return {"local": reason, "prefect": f"{reason}; {TRACE}"}
-
-
 CASES = [
     # The source: what stat() or the spec shows is for a pre-flight check, before the budget is reserved.
     Case(name="missing_source", preflight=True, needles=("nowhere.csv",),
-         arrange=lambda ws: [ws.spec(ws.root / "nowhere.csv")], xfail=today(CHARGED)),
-    Case(name="source_is_directory", preflight=True, needles=("visits.csv",), arrange=_directory,
-         xfail=today(CHARGED)),
-    Case(name="source_is_fifo", preflight=True, arrange=_fifo, timeout_s=HANG_TIMEOUT_S,
-         xfail={"*": "opening a FIFO source hangs, after charging"}),
-    Case(name="source_symlink_loop", preflight=True, needles=("loop.csv",), arrange=_symlink_loop,
-         xfail=today(CHARGED)),
+         arrange=lambda ws: [ws.spec(ws.root / "nowhere.csv")]),
+    Case(name="source_is_directory", preflight=True, needles=("visits.csv",), arrange=_directory),
+    Case(name="source_is_fifo", preflight=True, arrange=_fifo, timeout_s=HANG_TIMEOUT_S),
+    Case(name="source_symlink_loop", preflight=True, needles=("loop.csv",), arrange=_symlink_loop),
     Case(name="source_char_device", preflight=True, needles=("/dev/zero",),
-         arrange=lambda ws: [ws.spec("/dev/zero", format="csv")],
-         xfail=today("reads /dev/zero until out of memory, after charging")),
+         arrange=lambda ws: [ws.spec("/dev/zero", format="csv")]),
     Case(name="unknown_extension", preflight=True, needles=("visits.txt",),
-         arrange=lambda ws: [ws.spec(ws.csv("visits.txt"))], xfail=today(CHARGED)),
+         arrange=lambda ws: [ws.spec(ws.csv("visits.txt"))]),
     Case(name="unknown_protocol", preflight=True, needles=("nosuchfs",),
-         arrange=lambda ws: [ws.spec("nosuchfs://bucket/visits.csv")], xfail=today(CHARGED)),
+         arrange=lambda ws: [ws.spec("nosuchfs://bucket/visits.csv")]),
     Case(name="empty_file", preflight=True, needles=("visits.csv",),
-         arrange=lambda ws: [ws.spec(ws.write("visits.csv", b""))], xfail=today(CHARGED)),
+         arrange=lambda ws: [ws.spec(ws.write("visits.csv", b""))]),
     Case(name="source_over_max_source_bytes", preflight=True, needles=("visits.csv",),
-         arrange=lambda ws: [ws.spec(max_source_bytes=10_000)], xfail={"*": NO_MAX_BYTES}),
+         arrange=lambda ws: [ws.spec(max_source_bytes=10_000)]),
     # The source's content: only reading it shows these (the budget is then spent, by design).
     Case(name="header_only",  # no data row, so no secret to plant
-         arrange=lambda ws: [ws.spec(ws.write("visits.csv", ws.csv_lines()[0] + "\n"))], xfail=today()),
+         arrange=lambda ws: [ws.spec(ws.write("visits.csv", ws.csv_lines()[0] + "\n"))]),
     Case(name="csv_ragged_row", needles=("visits.csv",),
-         arrange=lambda ws: [ws.spec(_edit_line(ws, 7, lambda line: f"{line},{SECRET}"))], xfail=today()),
+         arrange=lambda ws: [ws.spec(_edit_line(ws, 7, lambda line: f"{line},{SECRET}"))]),
     Case(name="csv_unbalanced_quote", needles=("visits.csv",),
-         arrange=lambda ws: [ws.spec(_edit_line(ws, 7, lambda line: f'{line},"{SECRET} never closes'))],
-         xfail=today()),
+         arrange=lambda ws: [ws.spec(_edit_line(ws, 7, lambda line: f'{line},"{SECRET} never closes'))]),
     Case(name="csv_without_header",  # the first line, read as the header, is the row with the secret
-         arrange=lambda ws: [ws.spec(ws.write("visits.csv", "\n".join(ws.csv_lines()[6:]) + "\n"))],
-         xfail=today()),
+         arrange=lambda ws: [ws.spec(ws.write("visits.csv", "\n".join(ws.csv_lines()[6:]) + "\n"))]),
     Case(name="not_utf8", needles=("visits.csv",), arrange=lambda ws: [ws.spec(ws.write(
-        "visits.csv", "\n".join(ws.csv_lines()).encode().replace(SECRET.encode(), SECRET.encode() + b"\xff")))],
-         xfail=today()),
+        "visits.csv", "\n".join(ws.csv_lines()).encode().replace(SECRET.encode(), SECRET.encode() + b"\xff")))]),
     Case(name="duplicate_headers", needles=("age",), arrange=lambda ws: [ws.spec(
-        _edit_line(ws, 0, lambda line: line.replace("sex", "age")))], xfail=today()),
+        _edit_line(ws, 0, lambda line: line.replace("sex", "age")))]),
     Case(name="invalid_parquet", needles=("visits.parquet",), arrange=lambda ws: [ws.spec(ws.write(
-        "visits.parquet", b"PAR1" + SECRET.encode() * 50 + b"PAR1"))], xfail=today()),
+        "visits.parquet", b"PAR1" + SECRET.encode() * 50 + b"PAR1"))]),
     Case(name="jsonl_line_not_object", needles=("line 2",), arrange=lambda ws: [ws.spec(ws.write(
-        "visits.jsonl", '{"age": 30}\n["' + SECRET + '", 1]\n'))], xfail=today()),
+        "visits.jsonl", '{"age": 30}\n["' + SECRET + '", 1]\n'))]),
     Case(name="jsonl_invalid_json", needles=("line 1",), arrange=lambda ws: [ws.spec(ws.write(
-        "visits.jsonl", '{"note": "' + SECRET + '", \n'))], xfail=today()),
-    Case(name="jsonl_mixed_types", arrange=_mixed_types_jsonl,
-         xfail=today("mixed types in a JSONL column crash, echoing a value (ArrowInvalid)")),
-    Case(name="gzip_bomb", needles=("bomb.csv.gz",), arrange=_gzip_bomb, xfail={"*": NO_MAX_BYTES}),
+        "visits.jsonl", '{"note": "' + SECRET + '", \n'))]),
+    Case(name="jsonl_mixed_types", arrange=_mixed_types_jsonl),
+    Case(name="gzip_bomb", needles=("bomb.csv.gz",), arrange=_gzip_bomb),
     Case(name="declared_column_missing", needles=("sex",),
-         arrange=lambda ws: [ws.spec(ws.csv(frame=ws.rows().drop(columns=["sex"])))], xfail=today()),
+         arrange=lambda ws: [ws.spec(ws.csv(frame=ws.rows().drop(columns=["sex"])))]),
     # For now out-of-domain values are rejected (exit 2); the privacy issue will change this to repair.
     Case(name="value_out_of_domain", needles=("region",),
-         arrange=lambda ws: [ws.spec(_with(ws, "region", [3, 7, 9], SECRET))], xfail=today()),
+         arrange=lambda ws: [ws.spec(_with(ws, "region", [3, 7, 9], SECRET))]),
     Case(name="wrong_type", needles=("age",),
-         arrange=lambda ws: [ws.spec(_with(ws, "age", [1, 2], SECRET))], xfail=today()),
+         arrange=lambda ws: [ws.spec(_with(ws, "age", [1, 2], SECRET))]),
     # The spec itself. The CLI loads the spec before starting an engine: these run with the local one only.
     Case(name="spec_missing", preflight=True, engines=LOCAL, arrange=lambda ws: [str(ws.root / "nope.yaml")]),
     Case(name="spec_is_directory", preflight=True, engines=LOCAL, arrange=lambda ws: [str(ws.root)]),
@@ -329,48 +306,35 @@ CASES = [
     Case(name="negative_rows", preflight=True, engines=LOCAL, needles=("sampling.rows",),
          arrange=lambda ws: [ws.spec(sampling={"rows": -5, "seed": 0})]),
     # Spec errors the CLI does not catch up front today, so both engines run them.
-    Case(name="yaml_alias_bomb", preflight=True, arrange=_alias_bomb, cpu_s=QUICK_CPU_S,
-         xfail={"*": "YAML alias bomb accepted; expands when the spec is digested"}),
+    Case(name="yaml_alias_bomb", preflight=True, arrange=_alias_bomb, cpu_s=QUICK_CPU_S),
     Case(name="lifetime_epsilon_inf", preflight=True, needles=("lifetime_epsilon",),
-         arrange=lambda ws: [ws.spec(privacy={"lifetime_epsilon": float("inf")})],
-         xfail=today("`lifetime_epsilon: .inf` passes the spec; the ledger crashes (ValueError, exit 1)")),
+         arrange=lambda ws: [ws.spec(privacy={"lifetime_epsilon": float("inf")})]),
     # The release id (a path component of the work directory and of the published release).
-    Case(name="release_id_300_chars", preflight=True, needles=("release",), arrange=_release_id("r" * 300),
-         xfail=today("long release id crashes (OSError, exit 1)")),
+    Case(name="release_id_300_chars", preflight=True, needles=("release",), arrange=_release_id("r" * 300)),
     Case(name="release_id_backslash_newline", preflight=True, needles=("release",),
-         arrange=_release_id("a\\b\nc"), xfail={"*": "release id with '\\' and a newline is published"}),
-    Case(name="release_id_slash", preflight=True, needles=("release",), arrange=_release_id("a/b"),
-         xfail=today()),
-    Case(name="release_id_empty", preflight=True, needles=("release",), arrange=_release_id(""),
-         xfail={"*": "empty release id replaced by a generated one (publishes)"}),
-    Case(name="release_id_leading_dot", preflight=True, needles=("release",), arrange=_release_id(".hidden"),
-         xfail=today()),
+         arrange=_release_id("a\\b\nc")),
+    Case(name="release_id_slash", preflight=True, needles=("release",), arrange=_release_id("a/b")),
+    Case(name="release_id_empty", preflight=True, needles=("release",), arrange=_release_id("")),
+    Case(name="release_id_leading_dot", preflight=True, needles=("release",), arrange=_release_id(".hidden")),
     # Where the release goes and where the budget is kept.
     Case(name="target_is_file", preflight=True,
-         arrange=lambda ws: [ws.spec(publish={"target": str(ws.write("releases", "not a directory\n"))})],
-         xfail=today(TARGET)),
+         arrange=lambda ws: [ws.spec(publish={"target": str(ws.write("releases", "not a directory\n"))})]),
     Case(name="target_under_file", preflight=True,
-         arrange=lambda ws: [ws.spec(publish={"target": str(_blocker(ws) / "releases")})], xfail=today(TARGET)),
+         arrange=lambda ws: [ws.spec(publish={"target": str(_blocker(ws) / "releases")})]),
     Case(name="ledger_unreachable", preflight=True, needles=("ledger",),
-         arrange=lambda ws: [ws.spec(ledger={"url": "postgresql+psycopg://u@127.0.0.1:1/x"})],
-         xfail=today("unusable ledger url crashes (ModuleNotFoundError, exit 1)")),
+         arrange=lambda ws: [ws.spec(ledger={"url": "postgresql+psycopg://u@127.0.0.1:1/x"})]),
     Case(name="ledger_sqlite_under_file", preflight=True, needles=("ledger",),
-         arrange=lambda ws: [ws.spec(ledger={"url": f"sqlite:///{_blocker(ws)}/ledger.db"})],
-         xfail=today("ledger path under a file crashes (FileExistsError, exit 1)")),
-    Case(name="budget_exhausted", preflight=True, exit_code=3, needles=("budget",), arrange=_budget_exhausted,
-         xfail=today()),
+         arrange=lambda ws: [ws.spec(ledger={"url": f"sqlite:///{_blocker(ws)}/ledger.db"})]),
+    Case(name="budget_exhausted", preflight=True, exit_code=3, needles=("budget",), arrange=_budget_exhausted),
     # The command line.
-    Case(name="unknown_engine", engines=("spark",), needles=("engine",), arrange=lambda ws: [ws.spec()],
-         xfail={"spark": "usage error is a box, not an `error:` line"}),
+    Case(name="unknown_engine", engines=("spark",), needles=("engine",), arrange=lambda ws: [ws.spec()]),
 ]
 
 
 def _params() -> Iterator[Any]:
     for case in CASES:
         for engine in case.engines:
-            reason = case.xfail.get(engine) or case.xfail.get("*")
-            marks = [pytest.mark.xfail(strict=True, reason=f"issue 7: {reason}")] if reason else []
-            yield pytest.param(case, engine, id=f"{case.name}-{engine}", marks=marks)
+            yield pytest.param(case, engine, id=f"{case.name}-{engine}")
 
 
 # ------------------------------------------------------------------------------------------ fixtures
