@@ -46,8 +46,11 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check safesynth tasks flows deployments tests bench data
 
+typecheck: $(STAMP)
+	$(BIN)/mypy safesynth
+
 bench: $(STAMP)
 	$(BIN)/python bench/bench_quality.py
 
 clean:
-	rm -rf $(VENV) .safesynth releases
+	rm -rf $(VENV) $(LOCKENV) .safesynth releases

@@ -1,6 +1,6 @@
 """Serve the release flow on a schedule from one long-lived process.
 
-    python -m deployments.release data/demo.yaml --cron "0 2 * * 1"
+    python -m safesynth.deployments.release data/demo.yaml --cron "0 2 * * 1"
 
 For separate scheduling and execution (work pools and workers), see ``prefect.yaml`` at the repository
 root: ``prefect deploy --all`` then ``prefect worker start --pool safesynth``.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.release import release
+from safesynth.flows.release import release
 
 #: The release schedule, in one place: Mondays 02:00 UTC.
 WEEKLY = "0 2 * * 1"

@@ -41,10 +41,10 @@ err = Console(stderr=True)
 
 def _mount_budget() -> None:
     try:
-        from flows.cli_budget import budget_app
+        from safesynth.flows.cli_budget import budget_app
     except ImportError:  # pragma: no cover - only while the module is missing
         return
-    app.add_typer(budget_app, name="budget", help="Show a dataset's privacy budget ledger.")
+    app.add_typer(budget_app, name="budget", help="The privacy budget ledger: show, set-lifetime, abandon.")
 
 
 _mount_budget()
@@ -184,7 +184,7 @@ def _run_flow(spec: Path, release_id: str | None) -> ReleaseOutcome:
     err.print("starting Prefect (embedded local API)...", style="dim")
     # Prefect attaches its own console and API handlers to the `safesynth` logger (extra loggers).
     logging.getLogger("safesynth").handlers.clear()
-    from flows.release import release
+    from safesynth.flows.release import release
 
     state = release(str(spec), release_id, return_state=True)
     result = state.result(raise_on_failure=False)

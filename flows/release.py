@@ -14,10 +14,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed
+from safesynth.tasks.release import run_as_task
 
 from safesynth.errors import SafeSynthError
 from safesynth.release import ReleaseOutcome, outcome_for_error, render_summary, run_release
-from tasks.release import run_as_task
 
 
 class _OneLineForExpectedErrors(logging.Filter):

@@ -6,7 +6,7 @@ sent to the Prefect API, nothing new under the publish target, and, when a pre-f
 problem without reading private data, no budget charged (no new ledger row other than "cancelled" in
 ``$SAFESYNTH_HOME/ledger.db``).
 
-Cases run as ``python -m flows.cli release SPEC --engine local|prefect`` subprocesses with a timeout
+Cases run as ``python -m safesynth.flows.cli release SPEC --engine local|prefect`` subprocesses with a timeout
 (a hang fails, it does not block) and a 4 GiB address-space limit (an unbounded read fails, it does not
 take the machine down). The prefect engine talks to one Prefect server started for the session. Pure
 spec errors, which the CLI rejects before starting an engine, run with the local engine only.
@@ -134,7 +134,7 @@ class Run:
 
 
 def run_cli(args: list[str], *, env: dict[str, str], timeout_s: int, cpu_s: int | None = None) -> Run:
-    """``python -m flows.cli ARGS``; killed after ``timeout_s`` (returncode None) or ``cpu_s`` CPU seconds."""
+    """``python -m safesynth.flows.cli ARGS``; killed after ``timeout_s`` (returncode None) or ``cpu_s`` CPU seconds."""
 
     def limits() -> None:
         import resource
@@ -145,7 +145,7 @@ def run_cli(args: list[str], *, env: dict[str, str], timeout_s: int, cpu_s: int 
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
 
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "safesynth.flows.cli", *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, preexec_fn=limits)
     try:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from safesynth.flows.cli import app
 from typer.testing import CliRunner
 
-from flows.cli import app
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e

@@ -12,9 +12,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from safesynth.flows.cli import app
 from typer.testing import CliRunner
 
-from flows.cli import app
 from safesynth.output import read_release_metadata
 from safesynth.spec import load_spec
 from tests.conftest import REPO, SHARED_DATA
@@ -47,7 +47,7 @@ def run_cli_process(*args: str) -> subprocess.CompletedProcess:
 
 
 def run_flow(spec: Path, release_id: str):
-    from flows.release import release
+    from safesynth.flows.release import release
 
     return release(str(spec), release_id, return_state=True)
 

@@ -31,7 +31,7 @@ def demo_spec(tmp_path: Path, **changes) -> Path:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", *args]
+    return [sys.executable, "-m", "safesynth.flows.cli", *args]
 
 
 def ledger_rows(home: Path) -> list[dict]:

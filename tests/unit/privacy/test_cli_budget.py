@@ -7,10 +7,10 @@ import math
 import sys
 
 import pytest
+from safesynth.flows.cli_budget import budget_app
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from flows.cli_budget import budget_app
 from safesynth.errors import BudgetExceededError
 from safesynth.privacy.ledger import Ledger
 from safesynth.privacy.ledger_store import releases
