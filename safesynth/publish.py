@@ -32,7 +32,7 @@ import fsspec
 
 from safesynth.errors import PublishError
 from safesynth.output import sha256_file
-from safesynth.workspace import Owner
+from safesynth.owner import Owner
 
 __all__ = ["PublishedRelease", "build_manifest_files", "find_published", "publish_release", "sweep_staging"]
 
@@ -110,8 +110,8 @@ def sweep_staging(parent: Path) -> int:
     removed = 0
     for old in parent.glob(".staging-*") if parent.is_dir() else ():
         match = _STAGING.match(old.name)
-        owner = Owner.from_token(match["owner"]) if match else None
-        if owner is not None and owner.is_dead():
+        owner = Owner.from_file_token(match["owner"]) if match else None
+        if owner is not None and owner.state() == "dead":
             shutil.rmtree(old, ignore_errors=True)
             removed += 1
     return removed
@@ -119,7 +119,7 @@ def sweep_staging(parent: Path) -> int:
 
 def _publish_local(files: list[Path], body: bytes, parent: Path, release_id: str) -> None:
     final = parent / release_id
-    staging = parent / f".staging-{Owner.current().token()}-{uuid.uuid4().hex[:8]}-{release_id}"
+    staging = parent / f".staging-{Owner.current().file_token()}-{uuid.uuid4().hex[:8]}-{release_id}"
     try:
         parent.mkdir(parents=True, exist_ok=True)
         sweep_staging(parent)

@@ -10,23 +10,23 @@ Exact diagnostics for the data owner (validation counts, attack figures, the pla
 ``$SAFESYNTH_HOME/reports/<dataset>/<release_id>/<attempt token>/`` (mode 0700): restricted, never
 published. Private rows never go there.
 
-Liveness: an :class:`Owner` names a process by host, pid and the process's start time, so a recycled pid
-does not keep a dead run "alive". On another host nothing can be known, and nothing is removed.
+Liveness: see :class:`safesynth.owner.Owner` (a recycled pid does not keep a dead run "alive"; on another
+host nothing can be known, and nothing is removed).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import shutil
-import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Owner", "Workspace", "safesynth_home", "sweep_stale"]
+from safesynth.owner import Owner
+
+__all__ = ["Workspace", "safesynth_home", "sweep_stale"]
 
 log = logging.getLogger("safesynth")
 
@@ -36,59 +36,6 @@ OWNER_FILE = "owner.json"
 def safesynth_home() -> Path:
     """``$SAFESYNTH_HOME`` (default ``./.safesynth``), absolute."""
     return Path(os.environ.get("SAFESYNTH_HOME", ".safesynth")).resolve()
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), or None where /proc is absent."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _safe_host(host: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in host)[:48]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Owner:
-    """The process that owns a run directory, a staging directory or a ledger reservation."""
-
-    host: str
-    pid: int
-    started: str | None
-
-    @classmethod
-    def current(cls) -> Owner:
-        return cls(host=socket.gethostname(), pid=os.getpid(), started=_process_start(os.getpid()))
-
-    def token(self) -> str:
-        """A short file-name-safe form: ``<host>.<pid>.<start>``."""
-        return f"{_safe_host(self.host)}.{self.pid}.{self.started or 0}"
-
-    @classmethod
-    def from_token(cls, token: str) -> Owner | None:
-        parts = token.split(".")
-        if len(parts) != 3 or not parts[1].isdigit():
-            return None
-        return cls(host=parts[0], pid=int(parts[1]), started=None if parts[2] == "0" else parts[2])
-
-    def is_dead(self) -> bool:
-        """True only when the owner is known to be gone: same host, and no such process (or a new one)."""
-        here = Owner.current()
-        if _safe_host(self.host) != _safe_host(here.host):
-            return False
-        if self.pid == here.pid:
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # exists, owned by someone else
-        started = _process_start(self.pid)
-        return self.started is not None and started is not None and started != self.started
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,7 +55,7 @@ class Workspace:
         reports = home / "reports" / dataset / release_id / token
         for path in (workdir, reports):
             _private_dirs(home, path)
-        (workdir / OWNER_FILE).write_text(json.dumps(asdict(Owner.current())))
+        (workdir / OWNER_FILE).write_text(Owner.current().to_json())
         return cls(workdir=str(workdir), reports=str(reports))
 
     def path(self, name: str) -> Path:
@@ -147,10 +94,10 @@ def sweep_stale(home: Path | None = None) -> int:
     removed = 0
     for owner_file in runs.glob(f"*/*/*/{OWNER_FILE}") if runs.is_dir() else ():
         try:
-            owner = Owner(**json.loads(owner_file.read_text()))
-        except (OSError, ValueError, TypeError):
+            owner = Owner.from_json(owner_file.read_text())
+        except OSError:
             continue
-        if owner.is_dead():
+        if owner is not None and owner.state() == "dead":
             _remove_run(owner_file.parent)
             removed += 1
     if removed:

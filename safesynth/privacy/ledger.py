@@ -65,6 +65,7 @@ from safesynth.errors import (
     ReleaseInProgressError,
     SpecError,
 )
+from safesynth.owner import Owner
 from safesynth.privacy import ledger_store as store
 from safesynth.privacy.accountant import StageSpend
 from safesynth.privacy.ledger_records import (
@@ -86,7 +87,7 @@ from safesynth.privacy.ledger_records import (
     require_status,
     reservation_of,
 )
-from safesynth.privacy.ledger_store import Owner, default_url, resolve_ledger_url
+from safesynth.privacy.ledger_store import default_url, resolve_ledger_url
 from safesynth.privacy.planner import BudgetPlan
 from safesynth.spec import ReleaseSpec
 

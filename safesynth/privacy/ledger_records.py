@@ -50,8 +50,8 @@ from dp_accounting.dp_event import DpEvent
 from sqlalchemy.engine import RowMapping
 
 from safesynth.errors import BudgetExceededError, LedgerError, LifetimeMismatchError, ReleaseIdConflictError
+from safesynth.owner import Owner
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon, pure_dp_event
-from safesynth.privacy.ledger_store import Owner
 
 __all__ = ["BudgetSummary", "ReleaseRecord", "Reservation"]
 

@@ -19,17 +19,13 @@ naming ``ledger.url`` and where the URL came from.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
-import socket
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -57,7 +53,6 @@ from safesynth.spec import ReleaseSpec
 
 __all__ = [
     "LEDGER_URL_ENV",
-    "Owner",
     "default_url",
     "display_url",
     "is_transient",
@@ -341,91 +336,3 @@ def with_retries(action: Callable[[], T], *, what: str, retry_for: float, first_
                         exc.__class__.__name__, tries, wait)
             time.sleep(wait)
             delay = min(4.0, delay * 2.0)
-
-
-# ----------------------------------------------------------------------------------------------- owners
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return None
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux ``/proc``); guards against pid reuse."""
-    stat = _read(f"/proc/{pid}/stat")
-    if not stat:
-        return None
-    try:
-        return int(stat.rpartition(")")[2].split()[19])  # field 22; the name before ")" may hold spaces
-    except (IndexError, ValueError):
-        return None
-
-
-def _pid_namespace() -> str | None:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Owner:
-    """The process that holds an attempt: enough to tell, on the same machine, whether it still runs.
-
-    ``host``, ``boot`` (the kernel's boot id) and ``pidns`` (the pid namespace) together say whether a pid
-    means the same thing here; ``start`` guards against a recycled pid; ``token`` is unique per
-    reservation call (a retried reserve finds its own row by it).
-    """
-
-    host: str
-    boot: str | None
-    pidns: str | None
-    pid: int
-    start: int | None
-    token: str
-
-    @classmethod
-    def current(cls) -> Owner:
-        """This process, with a fresh token."""
-        pid = os.getpid()
-        return cls(host=socket.gethostname(), boot=_read("/proc/sys/kernel/random/boot_id"),
-                   pidns=_pid_namespace(), pid=pid, start=_start_ticks(pid), token=uuid.uuid4().hex)
-
-    def to_json(self) -> str:
-        return json.dumps({"host": self.host, "boot": self.boot, "pidns": self.pidns, "pid": self.pid,
-                           "start": self.start, "token": self.token}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | None) -> Owner | None:
-        """The stored owner, or ``None`` for rows written before owners were recorded (or unreadable)."""
-        if not text:
-            return None
-        try:
-            data = json.loads(text)
-            return cls(host=str(data["host"]), boot=data.get("boot"), pidns=data.get("pidns"),
-                       pid=int(data["pid"]), start=data.get("start"), token=str(data.get("token", "")))
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    def describe(self) -> str:
-        return f"pid {self.pid} on {self.host}"
-
-    def state(self) -> Literal["alive", "dead", "unknown"]:
-        """``dead`` only when provably so: same machine and pid namespace, and the pid is gone or reused."""
-        here = Owner.current()
-        if (self.host, self.boot, self.pidns) != (here.host, here.boot, here.pidns):
-            return "unknown"  # another machine or container: its pids mean nothing here
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return "dead"
-        except PermissionError:
-            pass  # exists, owned by another user
-        if self.start is not None:
-            now = _start_ticks(self.pid)
-            if now is not None and now != self.start:
-                return "dead"  # the pid was recycled by a newer process
-        return "alive"

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from safesynth.owner import Owner
 from safesynth.publish import sweep_staging
-from safesynth.workspace import OWNER_FILE, Owner, Workspace, sweep_stale
+from safesynth.workspace import OWNER_FILE, Workspace, sweep_stale
 
 
 def dead_pid() -> int:
@@ -43,31 +44,37 @@ def test_close_removes_rows_and_keeps_reports(safesynth_home):
 def test_sweep_removes_only_directories_of_dead_processes(safesynth_home):
     alive = Workspace.create("demo", "alive")
     crashed = Workspace.create("demo", "crashed")
-    owner = json.loads(crashed.path(OWNER_FILE).read_text())
-    crashed.path(OWNER_FILE).write_text(json.dumps({**owner, "pid": dead_pid()}))
+    record = json.loads(crashed.path(OWNER_FILE).read_text())
+    crashed.path(OWNER_FILE).write_text(json.dumps({**record, "pid": dead_pid()}))
     crashed.path("train.parquet").write_bytes(b"private rows")
     assert sweep_stale(safesynth_home) == 1
     assert not Path(crashed.workdir).exists()
     assert Path(alive.workdir).exists()
 
 
+def owner(**changes) -> Owner:
+    from dataclasses import replace
+
+    return replace(Owner.current(), **changes)
+
+
 def test_an_owner_on_another_host_is_never_declared_dead():
-    assert not Owner(host="elsewhere", pid=dead_pid(), started=None).is_dead()
-    assert Owner(host=Owner.current().host, pid=dead_pid(), started=None).is_dead()
-    assert not Owner.current().is_dead()
+    assert owner(host="elsewhere", pid=dead_pid()).state() == "unknown"
+    assert owner(pid=dead_pid()).state() == "dead"
+    assert Owner.current().state() == "alive"
 
 
 def test_a_recycled_pid_does_not_keep_a_dead_owner_alive():
     me = Owner.current()
-    if me.started is None:
+    if me.start is None:
         pytest.skip("no /proc here")
-    assert Owner(host=me.host, pid=1, started="0-not-init").is_dead() is (Path("/proc/1/stat").exists())
+    assert owner(pid=1, start=-1).state() == "dead"  # pid 1 exists, but started at another time
 
 
 def test_stale_staging_directories_are_swept_but_live_ones_kept(tmp_path):
-    dead = Owner(host=Owner.current().host, pid=dead_pid(), started="123")
-    stale = tmp_path / f".staging-{dead.token()}-0123abcd-r1"
-    live = tmp_path / f".staging-{Owner.current().token()}-89abcdef-r1"
+    dead = owner(pid=dead_pid(), start=123)
+    stale = tmp_path / f".staging-{dead.file_token()}-0123abcd-r1"
+    live = tmp_path / f".staging-{Owner.current().file_token()}-89abcdef-r1"
     for d in (stale, live):
         d.mkdir()
         (d / "part-00000.parquet").write_bytes(b"x")

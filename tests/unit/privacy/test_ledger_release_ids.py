@@ -15,8 +15,9 @@ from safesynth.errors import (
     ReleaseIdConflictError,
     ReleaseInProgressError,
 )
+from safesynth.owner import Owner
 from safesynth.privacy.ledger import Ledger
-from safesynth.privacy.ledger_store import Owner, releases
+from safesynth.privacy.ledger_store import releases
 from tests.unit.privacy import _ledger_workers as workers
 from tests.unit.privacy._ledger_helpers import process_context, reserve
 
