@@ -103,7 +103,10 @@ def _number(b: _Builder, codec: NumberCodec) -> int:
 
 def _text(b: _Builder, codec: TextCodec) -> int:
     start, u0, u1, u2, u3, e0, ed, f0, f4 = (b.new(text=codec) for _ in range(9))
-    byte = lambda lo, hi: np.arange(BYTE0 + lo, BYTE0 + hi + 1)  # noqa: E731
+
+    def byte(lo: int, hi: int) -> np.ndarray:
+        return np.arange(BYTE0 + lo, BYTE0 + hi + 1)
+
     for src in (start, u0):
         b.edge(src, [EOT], SEP)
         b.edge(src, byte(0x00, 0x7F), u0)
@@ -265,7 +268,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.to_ours[model_ids] = torch.arange(len(model_ids))
         self.state: GrammarState | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         ours = self.to_ours[input_ids]
         if self.state is None:
             self.state = self.grammar.start(len(ours))
