@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
+from safesynth.errors import InternalError
 from safesynth.generator.llm.encoding import (
     BASE,
     BYTE0,
@@ -143,7 +144,8 @@ class Grammar:
         vocab = codec.vocab_size
         b = _Builder(vocab)
         end, sep = b.new(), b.new()
-        assert (end, sep) == (END, SEP)
+        if (end, sep) != (END, SEP):
+            raise InternalError(f"the grammar's first states ({end}, {sep}) must be END ({END}) and SEP ({SEP})")
         b.edge(END, [PAD], END)
         b.edge(SEP, [EOS], END)
         starts = []
