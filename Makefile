@@ -46,6 +46,9 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check safesynth tasks flows deployments tests bench data
 
+typecheck: $(STAMP)  ## mypy --strict (from pyproject) on the core
+	$(BIN)/mypy safesynth
+
 bench: $(STAMP)
 	$(BIN)/python bench/bench_quality.py
 
