@@ -46,7 +46,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check safesynth tasks flows deployments tests bench data
 
-typecheck: $(STAMP)
+typecheck: $(STAMP)  ## mypy --strict (from pyproject) on the core
 	$(BIN)/mypy safesynth
 
 bench: $(STAMP)

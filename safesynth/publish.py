@@ -72,9 +72,12 @@ def find_published(target: str, dataset: str, release_id: str,
         if not fs.exists(path):
             return None
         with fs.open(path, "rb") as fh:
-            return json.loads(fh.read())
+            manifest = json.loads(fh.read())
     except (OSError, ValueError) as exc:
         raise PublishError(f"cannot read {url}: {exc.__class__.__name__}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise PublishError(f"cannot read {url}: the manifest must be a JSON object")
+    return manifest
 
 
 def publish_release(

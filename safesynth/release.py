@@ -126,7 +126,10 @@ def _published(ctx: stages.RunContext, location: str) -> ReleaseOutcome:
 
 def _outcome(ctx: stages.RunContext, status: str, message: str, *, location: str | None = None,
              exit_code: int = 0) -> ReleaseOutcome:
-    read = lambda name: json.loads(ctx.report(name).read_text()) if ctx.report(name).exists() else {}  # noqa: E731
+
+    def read(name: str) -> Any:
+        return json.loads(ctx.report(name).read_text()) if ctx.report(name).exists() else {}
+
     account = stages.load_account(ctx).summary() if ctx.report("account.json").exists() else {}
     return ReleaseOutcome(
         release_id=ctx.release_id, dataset=ctx.spec.dataset, status=status, message=message, location=location,

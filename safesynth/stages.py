@@ -413,7 +413,10 @@ def gate(ctx: RunContext, attack: AttackResult | None) -> GateDecision:
 
 def build_manifest(ctx: RunContext, fitted: Fitted, files: list[Path], decision: GateDecision) -> dict[str, Any]:
     spec = fitted.schema.spec
-    read = lambda name: json.loads(ctx.report(name).read_text())  # noqa: E731
+
+    def read(name: str) -> Any:
+        return json.loads(ctx.report(name).read_text())
+
     schema = arrow_schema(spec)
     return {
         "format": "safesynth.release/1",

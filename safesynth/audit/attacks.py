@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.neighbors import NearestNeighbors
 
+from safesynth.domains import bounds_of, categories_of
 from safesynth.spec import (
     BooleanColumn,
     CategoricalColumn,
@@ -64,18 +65,18 @@ def featurize(frame: pd.DataFrame, spec: ReleaseSpec) -> np.ndarray:
         s = frame[name]
         null = s.isna().to_numpy()
         if isinstance(col, CategoricalColumn):
-            assert col.categories is not None
-            codes = pd.Categorical(s.astype(object).where(~null, None), categories=list(col.categories)).codes
-            onehot = np.zeros((len(s), len(col.categories)))
+            categories = categories_of(col)
+            codes = pd.Categorical(s.astype(object).where(~null, None), categories=list(categories)).codes
+            onehot = np.zeros((len(s), len(categories)))
             ok = codes >= 0
             onehot[np.flatnonzero(ok), codes[ok]] = 1 / math.sqrt(2)
             parts.append(onehot)
         elif isinstance(col, BooleanColumn):
             parts.append(s.fillna(False).astype(bool).to_numpy(dtype=float)[:, None])
         elif isinstance(col, IntegerColumn | FloatColumn):
-            assert col.min is not None and col.max is not None
-            width = float(col.max - col.min) or 1.0
-            x = (s.astype("Float64").fillna(col.min).to_numpy(dtype=float) - col.min) / width
+            lo, hi = bounds_of(col)
+            width = float(hi - lo) or 1.0
+            x = (s.astype("Float64").fillna(lo).to_numpy(dtype=float) - lo) / width
             parts.append(x[:, None])
         elif isinstance(col, DatetimeColumn):
             lo, hi = col.min.timestamp(), col.max.timestamp()

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from safesynth.domains import bounds_of, categories_of
+from safesynth.errors import InternalError
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon
 from safesynth.privacy.mechanisms import GaussianMechanism, make_mechanism
 from safesynth.privacy.noise import NoiseSource
@@ -70,18 +72,17 @@ def _edges(lo: float, hi: float, bins: int) -> np.ndarray:
 
 def _int_edges(col: IntegerColumn, bins: int) -> np.ndarray:
     """Integer bin edges [e_i, e_{i+1}) covering [min, max]; one value per bin when the range is small."""
-    assert col.min is not None and col.max is not None
-    width = col.max - col.min + 1
+    lo, hi = bounds_of(col)
+    width = hi - lo + 1
     if width <= bins:
-        return np.arange(col.min, col.max + 2, dtype=np.int64)
-    return np.unique(np.floor(np.linspace(col.min, col.max + 1, bins + 1)).astype(np.int64))
+        return np.arange(lo, hi + 2, dtype=np.int64)
+    return np.unique(np.floor(np.linspace(lo, hi + 1, bins + 1)).astype(np.int64))
 
 
 def _value_cells(col: ColumnSpec, bins: int) -> int:
     """Number of cells of a column's value histogram (excluding the null cell)."""
     if isinstance(col, CategoricalColumn):
-        assert col.categories is not None
-        return len(col.categories)
+        return len(categories_of(col))
     if isinstance(col, BooleanColumn):
         return 2
     if isinstance(col, IntegerColumn):
@@ -109,8 +110,7 @@ def _cell_index(series: pd.Series, col: ColumnSpec, bins: int) -> np.ndarray:
     valid = ~isnull
     values = series[valid]
     if isinstance(col, CategoricalColumn):
-        assert col.categories is not None
-        lookup = {c: i for i, c in enumerate(col.categories)}
+        lookup = {c: i for i, c in enumerate(categories_of(col))}
         idx[valid] = values.astype(str).map(lookup).to_numpy(dtype=np.int64)
     elif isinstance(col, BooleanColumn):
         idx[valid] = values.astype(bool).to_numpy(dtype=np.int64)
@@ -132,8 +132,8 @@ def _numeric_view(col: FloatColumn | DatetimeColumn, values: pd.Series) -> tuple
     if isinstance(col, DatetimeColumn):
         secs = pd.to_datetime(values).astype("datetime64[us]").astype("int64").to_numpy() / 1e6
         return col.min.timestamp(), col.max.timestamp(), secs
-    assert col.min is not None and col.max is not None
-    return col.min, col.max, values.to_numpy(dtype=np.float64)
+    lo, hi = bounds_of(col)
+    return lo, hi, values.to_numpy(dtype=np.float64)
 
 
 def _char_frequencies(series: pd.Series) -> np.ndarray:
@@ -192,8 +192,7 @@ class MarginalsModel:
         u = rng.random(rows)
         values: Any
         if isinstance(col, CategoricalColumn):
-            assert col.categories is not None
-            values = pd.Series(np.asarray(col.categories, dtype=object)[cells], dtype="str")
+            values = pd.Series(np.asarray(categories_of(col), dtype=object)[cells], dtype="str")
         elif isinstance(col, BooleanColumn):
             values = pd.Series(cells.astype(bool), dtype="boolean")
         elif isinstance(col, IntegerColumn):
@@ -255,7 +254,8 @@ class MarginalsBackend:
             the module docstring). Recorded in ``account`` as stage ``generator``.
         """
         gen = spec.generator
-        assert isinstance(gen, MarginalsGeneratorSpec)
+        if not isinstance(gen, MarginalsGeneratorSpec):
+            raise InternalError(f"the marginals generator got a `{gen.kind}` generator spec")
         stage = plan.stage("generator")
         layout = _layout(spec, gen.bins)
         counts = np.zeros(layout[-1].start + layout[-1].size)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.privacy_accountant import PrivacyAccountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from safesynth.errors import InternalError
@@ -72,7 +73,7 @@ if not any(isinstance(f, _ExpectedNonConvergence) for f in logging.getLogger("ab
 _PLD_DISCRETIZATION = 1e-4
 
 
-def _make(accountant: str):  # type: ignore[no-untyped-def]
+def _make(accountant: str) -> PrivacyAccountant:
     if accountant == "rdp":
         return rdp_privacy_accountant.RdpAccountant()
     if accountant == "pld":

@@ -12,9 +12,13 @@ release made with it records ``secure_noise: false`` in its manifest.
 from __future__ import annotations
 
 import functools
-from typing import Protocol, runtime_checkable
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:  # opendp is imported on first use
+    from opendp.mod import Measurement
 
 __all__ = ["NoiseSource", "OpenDPNoise", "SeededNoise", "default_noise"]
 
@@ -36,7 +40,7 @@ class NoiseSource(Protocol):
 
 
 @functools.cache
-def _opendp():  # type: ignore[no-untyped-def]
+def _opendp() -> ModuleType:
     import opendp.prelude as dp
 
     dp.enable_features("contrib")
@@ -44,7 +48,7 @@ def _opendp():  # type: ignore[no-untyped-def]
 
 
 @functools.lru_cache(maxsize=256)
-def _measurement(kind: str, scale: float, discrete: bool):  # type: ignore[no-untyped-def]
+def _measurement(kind: str, scale: float, discrete: bool) -> Measurement:
     dp = _opendp()
     if discrete:
         domain = dp.vector_domain(dp.atom_domain(T="i64"))
@@ -53,7 +57,8 @@ def _measurement(kind: str, scale: float, discrete: bool):  # type: ignore[no-un
         domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
         metric = dp.l1_distance(T=float) if kind == "laplace" else dp.l2_distance(T=float)
     make = dp.m.make_laplace if kind == "laplace" else dp.m.make_gaussian
-    return make(domain, metric, scale=float(scale))
+    measurement: Measurement = make(domain, metric, scale=float(scale))
+    return measurement
 
 
 class OpenDPNoise:

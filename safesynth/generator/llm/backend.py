@@ -47,7 +47,7 @@ from safesynth.generator.llm.training import (
     train_dp_sgd,
 )
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon
-from safesynth.privacy.mechanisms import make_mechanism
+from safesynth.privacy.mechanisms import LaplaceMechanism, make_mechanism
 from safesynth.privacy.noise import NoiseSource
 from safesynth.privacy.planner import BudgetPlan
 from safesynth.spec import LLMGeneratorSpec, ReleaseSpec
@@ -109,8 +109,8 @@ def release_condition_histogram(
                                epsilon=stage.epsilon, delta=stage.delta, accountant=plan.accountant)
     noisy = np.clip(mechanism.release(counts, noise=noise), 0.0, None)
     probabilities = noisy / noisy.sum() if noisy.sum() > 0 else np.full(len(noisy), 1.0 / len(noisy))
-    if spec.privacy.mechanism == "laplace":
-        epsilon, delta = mechanism.epsilon, 0.0  # type: ignore[union-attr]
+    if isinstance(mechanism, LaplaceMechanism):
+        epsilon, delta = mechanism.epsilon, 0.0
     else:
         epsilon = compose_epsilon([mechanism.event()], delta=stage.delta, accountant=plan.accountant)
         delta = stage.delta

@@ -117,7 +117,8 @@ class NumberCodec:
         offset = grid.astype(np.uint64) - np.uint64(self.low % 2**64)
         # Values just outside the grid (a float rounding up past max, a datetime in min's day) clip.
         offset = np.where(grid < self.low, np.uint64(0), offset)
-        return np.minimum(offset, np.uint64(self.span))
+        clipped: np.ndarray = np.minimum(offset, np.uint64(self.span))
+        return clipped
 
     def encode(self, series: pd.Series) -> list[Cell]:
         isna = series.isna().to_numpy()
@@ -268,6 +269,7 @@ class RowCodec:
         partial: list[ColumnCodec | None] = []
         for name, col in spec.columns.items():
             if isinstance(col, CategoricalColumn | BooleanColumn):
+                labels: tuple[str, ...]
                 if isinstance(col, BooleanColumn):
                     labels, boolean = ("false", "true"), True
                 elif col.categories is None:
@@ -282,9 +284,9 @@ class RowCodec:
             elif isinstance(col, TextColumn):
                 partial.append(None)
             else:
-                codec = _number_codec(name, col)
-                partial.append(codec)
-                fixed += codec.width
+                number = _number_codec(name, col)
+                partial.append(number)
+                fixed += number.width
         texts = [(n, c) for n, c in spec.columns.items() if isinstance(c, TextColumn)]
         budget = (context_length - fixed) // len(texts) - 1 if texts else 0
         if texts and budget < 1:

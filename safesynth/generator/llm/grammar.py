@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
+from safesynth.errors import InternalError
 from safesynth.generator.llm.encoding import (
     BASE,
     BYTE0,
@@ -103,7 +104,10 @@ def _number(b: _Builder, codec: NumberCodec) -> int:
 
 def _text(b: _Builder, codec: TextCodec) -> int:
     start, u0, u1, u2, u3, e0, ed, f0, f4 = (b.new(text=codec) for _ in range(9))
-    byte = lambda lo, hi: np.arange(BYTE0 + lo, BYTE0 + hi + 1)  # noqa: E731
+
+    def byte(lo: int, hi: int) -> np.ndarray:
+        return np.arange(BYTE0 + lo, BYTE0 + hi + 1)
+
     for src in (start, u0):
         b.edge(src, [EOT], SEP)
         b.edge(src, byte(0x00, 0x7F), u0)
@@ -140,7 +144,8 @@ class Grammar:
         vocab = codec.vocab_size
         b = _Builder(vocab)
         end, sep = b.new(), b.new()
-        assert (end, sep) == (END, SEP)
+        if (end, sep) != (END, SEP):
+            raise InternalError(f"the grammar's first states ({end}, {sep}) must be END ({END}) and SEP ({SEP})")
         b.edge(END, [PAD], END)
         b.edge(SEP, [EOS], END)
         starts = []
@@ -265,7 +270,7 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.to_ours[model_ids] = torch.arange(len(model_ids))
         self.state: GrammarState | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         ours = self.to_ours[input_ids]
         if self.state is None:
             self.state = self.grammar.start(len(ours))

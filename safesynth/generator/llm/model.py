@@ -34,7 +34,10 @@ from transformers import (
 from safesynth.errors import GeneratorError
 from safesynth.spec import LLMGeneratorSpec
 
-__all__ = ["LanguageModel", "build_language_model", "load_language_model", "norms_for_opacus", "torch_threads"]
+__all__ = [
+    "LanguageModel", "build_language_model", "embedding_rows", "load_language_model", "norms_for_opacus",
+    "torch_threads",
+]
 
 #: SwiGLU width relative to hidden_size (Llama uses ~2.7; 2 is enough for rows of a table).
 _FFN_RATIO = 2
@@ -51,8 +54,16 @@ class LanguageModel:
     @property
     def identity_vocab(self) -> bool:
         """Whether codec ids are model ids (a model built for this codec): no logits gather needed."""
-        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        vocab = embedding_rows(self.model.get_output_embeddings())
         return vocab == len(self.model_ids) and bool((self.model_ids == torch.arange(vocab)).all())
+
+
+def embedding_rows(layer: nn.Module | None) -> int:
+    """The vocabulary size of an embedding or output layer (the rows of its weight matrix)."""
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise GeneratorError(f"the model's embedding layer ({type(layer).__name__}) has no weight matrix")
+    return int(weight.shape[0])
 
 
 def _tokenizer(symbols: tuple[str, ...]) -> PreTrainedTokenizerFast:
@@ -94,7 +105,8 @@ def load_language_model(location: str, symbols: tuple[str, ...], *, seed: int, l
     where = _location(location)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=torch.float32)
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(where, local_files_only=True,
+                                                                      dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise GeneratorError(f"`generator.model` ({location}) cannot be loaded offline: {exc.__class__.__name__}; "
                              "give a local checkpoint directory or pre-download the hub id") from exc
@@ -104,7 +116,7 @@ def load_language_model(location: str, symbols: tuple[str, ...], *, seed: int, l
         tokenizer.add_tokens(missing)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        if len(tokenizer) > embedding_rows(model.get_input_embeddings()):
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         _untie(model)
     ids = tokenizer.convert_tokens_to_ids(list(symbols))
@@ -134,7 +146,9 @@ def _with_lora(model: PreTrainedModel) -> PreTrainedModel:
     with warnings.catch_warnings():
         # peft 0.21 still calls a transformers 5 deprecated alias; nothing we can change.
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*deprecated", FutureWarning)
-        return get_peft_model(model, config)  # type: ignore[return-value]
+        # peft is untyped; a PeftModel forwards PreTrainedModel's attributes to the model it wraps.
+        wrapped: PreTrainedModel = get_peft_model(model, config)
+    return wrapped
 
 
 def merged(model: PreTrainedModel) -> PreTrainedModel:

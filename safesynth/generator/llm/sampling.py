@@ -14,11 +14,12 @@ run; the result also depends on the batch layout (rows per call), so callers fix
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, GenerationMixin, LogitsProcessorList
 
+from safesynth.errors import InternalError
 from safesynth.generator.llm.encoding import PAD
 from safesynth.generator.llm.grammar import END, Grammar, GrammarLogitsProcessor
-from safesynth.generator.llm.model import LanguageModel
+from safesynth.generator.llm.model import LanguageModel, embedding_rows
 
 __all__ = ["sample_tokens", "sample_tokens_generate"]
 
@@ -95,8 +96,10 @@ def sample_tokens_generate(
 ) -> torch.Tensor:
     """The same rows through ``model.generate`` + :class:`GrammarLogitsProcessor` (KV cache on)."""
     model = lm.model
-    processor = GrammarLogitsProcessor(grammar, order=order, model_ids=lm.model_ids,
-                                       model_vocab=int(model.get_output_embeddings().weight.shape[0]))
+    model_vocab = embedding_rows(model.get_output_embeddings())
+    if not isinstance(model, GenerationMixin):
+        raise InternalError(f"the model ({type(model).__name__}) must be a causal LM with `generate`")
+    processor = GrammarLogitsProcessor(grammar, order=order, model_ids=lm.model_ids, model_vocab=model_vocab)
     pad = int(lm.model_ids[PAD])
     config = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=temperature, use_cache=True,
                               max_new_tokens=grammar.max_length - prompts.shape[1], pad_token_id=pad,

@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,10 @@ from safesynth.generator.llm.model import LanguageModel, norms_for_opacus
 from safesynth.privacy.accountant import StageSpend, calibrate_noise_multiplier, compose_epsilon
 from safesynth.privacy.mechanisms import LaplaceMechanism
 from safesynth.privacy.noise import NoiseSource
+
+if TYPE_CHECKING:  # opacus is imported lazily (and is untyped: these names are Any to mypy)
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
 
 __all__ = [
     "Batch",
@@ -173,7 +178,7 @@ def sequence_losses(model: torch.nn.Module, batch: Batch, *, rows: TrainingRows)
 
 
 def _make_private(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: DPSGDSchedule, *,
-                  mode: str, noise_generator: torch.Generator):  # type: ignore[no-untyped-def]
+                  mode: str, noise_generator: torch.Generator) -> tuple[GradSampleModule, DPOptimizer]:
     from opacus import GradSampleModule
     from opacus.grad_sample import GradSampleModuleFastGradientClipping
     from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
@@ -190,7 +195,7 @@ def _make_private(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
     raise ValueError(f"`grad_sample_mode` ({mode!r}) must be 'ghost' or 'hooks'")
 
 
-def _noise_only(gsm, optimizer, mode: str) -> None:  # type: ignore[no-untyped-def]
+def _noise_only(gsm: GradSampleModule, optimizer: DPOptimizer, mode: str) -> None:
     """An empty Poisson batch still takes a step: the sum of no gradients (zero) plus noise."""
     for p in optimizer.params:
         if mode == "ghost":
@@ -201,7 +206,7 @@ def _noise_only(gsm, optimizer, mode: str) -> None:  # type: ignore[no-untyped-d
     optimizer.zero_grad()
 
 
-def dp_step(gsm, optimizer, rows: TrainingRows, index: np.ndarray, *, mode: str,  # type: ignore[no-untyped-def]
+def dp_step(gsm: GradSampleModule, optimizer: DPOptimizer, rows: TrainingRows, index: np.ndarray, *, mode: str,
             physical_batch_size: int) -> float:
     """One DP-SGD step on a Poisson batch, in physical chunks; returns the batch's summed loss."""
     from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
