@@ -405,7 +405,7 @@ class _AliasError(Exception):
     pass
 
 
-class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]  # untyped base (no stubs)
+class _NoAliasLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` refusing aliases: a few lines of nested aliases expand to gigabytes."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
