@@ -212,7 +212,6 @@ sampling:
 audit:
   holdout_fraction: 0.2
   max_attack_auc: 0.6
-  target_column: department
 
 publish:
   target: ../releases
