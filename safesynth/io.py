@@ -723,7 +723,7 @@ def _require_declared(names: list[str], declared: list[str], source: str) -> Non
     missing = [name for name in declared if name not in present]
     if missing:
         # Undeclared names are not reported here: the "header" may be a data row.
-        raise SchemaValidationError([(name, "is missing", None) for name in missing], source=source)
+        raise SchemaValidationError([(name, "is missing") for name in missing], source=source)
 
 
 def _select_declared(

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 import safesynth.io as sio
 from safesynth.errors import SchemaValidationError, SourceReadError, SpecError
 from safesynth.io import check_source, load_source, read_source
+from safesynth.spec import ValidationSpec
 from safesynth.validation import validate_frame
 from tests.unit.test_io import SECRET, make_spec, write
 
@@ -237,8 +238,11 @@ def test_jsonl_with_mixed_types_reads_and_validates_without_showing_values(tmp_p
     frame = read_source(spec)  # JSON types as they are: validation decides
     assert frame["age"].tolist()[-2:] == [95, SECRET]
     with pytest.raises(SchemaValidationError) as info:
-        validate_frame(frame, spec, source_name="s.jsonl")
-    assert ("age", "values are not integers", 1) in info.value.failures
+        validate_frame(frame, spec.model_copy(update={"validation": ValidationSpec(on_invalid="fail")}),
+                       source_name="s.jsonl")
+    assert ("age", "values are not integers") in info.value.failures
+    assert {"column": "age", "rule": "values are not integers", "records": 1} in info.value.restricted["rules"]
+    assert len(validate_frame(frame, spec, source_name="s.jsonl").frame) == 66  # repair (default): dropped
     assert SECRET not in str(info.value) and "\n" not in str(info.value)
 
 
