@@ -2,7 +2,10 @@
 
 Every error a user can act on derives from :class:`SafeSynthError` and carries a one-line message in
 the shape `` `name` (value) must be constraint `` or "what failed: why; what to do". Messages never
-contain values of the private data: they name files, columns, rules and counts.
+contain values of the private data: they name files, columns and rules. A :class:`DataError` raised
+after the source was read carries no exact count or location of private rows in its message either;
+those go in its ``restricted`` mapping, which the stage that catches it writes to the run's restricted
+reports directory (owner only) and then clears.
 
 Hierarchy::
 
@@ -12,7 +15,7 @@ Hierarchy::
     |   +-- ReleaseIdConflictError      the release id was already used for a different spec
     +-- DataError                       exit 2: the source cannot be read or does not match the spec
     |   +-- SourceReadError             the file is missing, unreadable, empty, malformed or mis-encoded
-    |   +-- SchemaValidationError       Great Expectations rules failed (counts per rule, never values)
+    |   +-- SchemaValidationError       declared rules failed (names the rules; never values or counts)
     +-- PrivacyError                    exit 1: a privacy invariant would be violated
     |   +-- BudgetExceededError         exit 3: the planned spend does not fit the remaining budget
     |   +-- LedgerError                 the budget ledger cannot be read or written
@@ -26,7 +29,8 @@ Hierarchy::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "AlreadyPublishedError",
@@ -69,9 +73,19 @@ class ReleaseIdConflictError(SpecError):
 
 
 class DataError(SafeSynthError):
-    """The private source cannot be used as declared."""
+    """The private source cannot be used as declared.
+
+    Args:
+        message: the one-line message (no values, counts or line numbers of private rows).
+        restricted: exact diagnostics (counts, line numbers) for the data owner only; written to the
+            restricted reports directory by the stage that catches the error, never shown.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, restricted: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.restricted: dict[str, Any] | None = None if restricted is None else dict(restricted)
 
 
 class SourceReadError(DataError):
@@ -82,19 +96,18 @@ class SchemaValidationError(DataError):
     """The source violates the declared schema.
 
     Args:
-        failures: one entry per failing rule: ``(column, rule, failing_rows)``. ``failing_rows`` is a
-            count of rows (or ``None`` when the rule is not row-level, e.g. a missing column).
+        failures: one entry per failing rule: ``(column, rule)``. How many rows fail is private: it
+            goes in ``restricted`` only.
         source: a display name of the source (path or URL without credentials).
+        restricted: exact diagnostics for the restricted reports directory (see :class:`DataError`).
     """
 
-    def __init__(self, failures: Sequence[tuple[str, str, int | None]], source: str) -> None:
-        self.failures = list(failures)
+    def __init__(self, failures: Sequence[tuple[str, str]], source: str, *,
+                 restricted: Mapping[str, Any] | None = None) -> None:
+        self.failures = [(column, rule) for column, rule in failures]
         self.source = source
-        parts = []
-        for column, rule, count in self.failures:
-            rows = "" if count is None else f": {count} row{'s' if count != 1 else ''} fail"
-            parts.append(f"column `{column}` {rule}{rows}")
-        super().__init__(f"{source} does not match the spec: " + "; ".join(parts))
+        parts = [f"column `{column}` {rule}" for column, rule in self.failures]
+        super().__init__(f"{source} does not match the spec: " + "; ".join(parts), restricted=restricted)
 
 
 class PrivacyError(SafeSynthError):

@@ -7,7 +7,8 @@ against the spec, by :func:`safesynth.validation.validate_frame`, so that a bad 
 never silently coerced.
 
 Every failure is one :class:`~safesynth.errors.SourceReadError` line naming the source and, when
-known, the line or column: missing file, permission denied, not a regular file (a directory, FIFO,
+known, the column (a bad record's line, and how many there are, go in its ``restricted`` mapping only):
+missing file, permission denied, not a regular file (a directory, FIFO,
 device or socket), a symlink loop, larger than ``max_source_bytes`` (on disk or decompressed), out of
 memory, empty file, header only, malformed CSV (ragged rows, unbalanced quotes, text after a closing
 quote), text that is not UTF-8 (a UTF-8 BOM is fine), duplicate column headers, an invalid Parquet file,
@@ -427,8 +428,8 @@ class _CsvChecker:
             lines, buf, pos = self._open
             line = lines + buf.count(b"\n", 1, pos) + 1
             raise SourceReadError(
-                f"{self._source}: malformed CSV at line {line}: unbalanced quote "
-                "(a quoted field starting here never closes)"
+                f"{self._source}: malformed CSV: unbalanced quote (a quoted field never closes)",
+                restricted={"line": line},
             )
 
     def _scan(self, data: bytes, *, final: bool) -> None:
@@ -465,8 +466,9 @@ class _CsvChecker:
         if len(bad):
             line = self._lines + buf.count(b"\n", 1, int(ends[bad[0]])) + 1
             raise SourceReadError(
-                f"{self._source}: malformed CSV at line {line}: malformed quoting "
-                "(a closing quote must be followed by a comma or a line end)"
+                f"{self._source}: malformed CSV: malformed quoting "
+                "(a closing quote must be followed by a comma or a line end)",
+                restricted={"line": line},
             )
         opening = np.flatnonzero(~before & at_start & odd)
         self._quoted = bool(after[-1])
@@ -486,7 +488,7 @@ class _CsvChecker:
 
 def _not_utf8(source: str, line: int) -> SourceReadError:
     return SourceReadError(
-        f"{source}: not UTF-8 text (first invalid byte on line {line}); re-save the file as UTF-8"
+        f"{source}: not UTF-8 text; re-save the file as UTF-8", restricted={"line": line}
     )
 
 
@@ -508,10 +510,9 @@ class _RaggedRows:
         if self.first is None:
             return
         line, got, expected = self.first
-        where = f"line {line}" if line is not None else "an unknown line"
         raise SourceReadError(
-            f"{source}: malformed CSV: {self.count} row{'s' if self.count != 1 else ''} with the wrong "
-            f"number of fields, first at {where} ({got} fields, the header has {expected})"
+            f"{source}: malformed CSV: rows with the wrong number of fields (the header has {expected})",
+            restricted={"rows": self.count, "first_line": line, "first_fields": got},
         )
 
 
@@ -681,15 +682,18 @@ def _json_record(raw: bytes, number: int, source: str) -> dict[str, Any] | None:
     try:
         record = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey:
-        raise SourceReadError(f"{source}: line {number} repeats a key; each key must appear once") from None
+        raise SourceReadError(f"{source}: a line repeats a key; each key must appear once",
+                              restricted={"line": number}) from None
     except json.JSONDecodeError as exc:
         raise SourceReadError(
-            f"{source}: line {number} is not valid JSON (at character {exc.colno})"
+            f"{source}: a line is not valid JSON", restricted={"line": number, "character": exc.colno}
         ) from None
     except (ValueError, RecursionError) as exc:  # an integer over 4300 digits, nesting too deep
-        raise SourceReadError(f"{source}: line {number} is not valid JSON ({type(exc).__name__})") from None
+        raise SourceReadError(f"{source}: a line is not valid JSON ({type(exc).__name__})",
+                              restricted={"line": number}) from None
     if not isinstance(record, dict):
-        raise SourceReadError(f"{source}: line {number} is not a JSON object; expected one object per line")
+        raise SourceReadError(f"{source}: a line is not a JSON object; expected one object per line",
+                              restricted={"line": number})
     return record
 
 
@@ -723,7 +727,7 @@ def _require_declared(names: list[str], declared: list[str], source: str) -> Non
     missing = [name for name in declared if name not in present]
     if missing:
         # Undeclared names are not reported here: the "header" may be a data row.
-        raise SchemaValidationError([(name, "is missing", None) for name in missing], source=source)
+        raise SchemaValidationError([(name, "is missing") for name in missing], source=source)
 
 
 def _select_declared(

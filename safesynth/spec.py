@@ -41,10 +41,13 @@ __all__ = [
     "ReleaseSpec",
     "SamplingSpec",
     "TextColumn",
+    "ValidationSpec",
     "load_spec",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Column names starting with this are reserved for the pipeline's private bookkeeping columns.
+RESERVED_COLUMN_PREFIX = "__safesynth"
 
 
 class _Frozen(BaseModel):
@@ -167,10 +170,14 @@ class AllocationSpec(_Frozen):
     discovery: float = Field(0.0, ge=0.0, le=1.0, description="DP discovery of undeclared domains.")
     condition: float | None = Field(None, ge=0.0, le=1.0, description="Noisy histogram a generator conditions on.")
     generator: float | None = Field(None, ge=0.0, le=1.0, description="Fitting the generator (marginals or DP-SGD).")
+    repairs: float | None = Field(
+        None, ge=0.0, le=1.0, description="Noisy count of records repaired or dropped (validation and domain "
+        "repair); default 0.02, taken from the generator's default share. 0: no count is published."
+    )
 
     @model_validator(mode="after")
     def _sum(self) -> AllocationSpec:
-        total = self.discovery + (self.condition or 0.0) + (self.generator or 0.0)
+        total = self.discovery + (self.condition or 0.0) + (self.generator or 0.0) + (self.repairs or 0.0)
         if total > 1.0 + 1e-12:
             raise ValueError(f"allocation fractions ({total:.4g}) must sum to <= 1")
         return self
@@ -277,6 +284,16 @@ class AuditSpec(_Frozen):
     max_audit_rows: int = Field(5_000, ge=10, description="Rows per side used by the attacks.")
 
 
+class ValidationSpec(_Frozen):
+    """What happens to records that break a declared rule (see :mod:`safesynth.repair`)."""
+
+    on_invalid: Literal["fail", "repair"] = Field(
+        "repair", description="repair: repair or drop each offending record on its own (clamp numbers, null or "
+        "drop bad values, truncate texts) and publish; fail: stop the release (the failure itself depends on "
+        "single records and is outside the DP guarantee). Schema-level problems always fail."
+    )
+
+
 class PublishSpec(_Frozen):
     target: str = Field(..., description="Local directory or fsspec URL the release is published under.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the target.")
@@ -306,6 +323,7 @@ class ReleaseSpec(_Frozen):
     generator: GeneratorSpec = Field(default_factory=lambda: MarginalsGeneratorSpec(kind="marginals"))
     sampling: SamplingSpec
     audit: AuditSpec = Field(default_factory=AuditSpec)
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
     publish: PublishSpec
     ledger: LedgerSpec = Field(default_factory=LedgerSpec)
     base_dir: str = Field(".", description="Set by load_spec: the spec file's directory.")
@@ -326,6 +344,9 @@ class ReleaseSpec(_Frozen):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ReleaseSpec:
+        reserved = [name for name in self.columns if name.startswith(RESERVED_COLUMN_PREFIX)]
+        if reserved:
+            raise ValueError(f"column names starting with `{RESERVED_COLUMN_PREFIX}` are reserved ({reserved})")
         undeclared = [name for name, col in self.columns.items() if not col.bounded]
         if undeclared and self.privacy.allocation.discovery <= 0.0:
             raise ValueError(

@@ -35,13 +35,13 @@ import pandas as pd
 
 import safesynth
 from safesynth.audit import AttackResult, GateDecision, dcr_attack, evaluate_gates
-from safesynth.errors import GateFailedError, InternalError, LedgerError, PrivacyError, SpecError
+from safesynth.errors import DataError, GateFailedError, InternalError, LedgerError, PrivacyError, SpecError
 from safesynth.generator import get_backend
 from safesynth.output import write_parquet
 from safesynth.preflight import check_release_id, preflight
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend
 from safesynth.privacy.noise import NoiseSource, default_noise
-from safesynth.privacy.planner import plan_budget
+from safesynth.privacy.planner import BudgetPlan, plan_budget
 from safesynth.publish import PublishedRelease, build_manifest_files, find_published, publish_release
 from safesynth.schema import arrow_schema
 from safesynth.spec import ReleaseSpec, load_spec
@@ -243,7 +243,11 @@ def ingest(ctx: RunContext, reservation: Any) -> Path:
         ledger.mark_data_read(reservation)
     ctx.path("data_read").touch()
     log.info("reading %s source %s", spec.source_format, source_display(spec))
-    raw = read_source(spec)
+    try:
+        raw = read_source(spec)
+    except DataError as exc:
+        _keep_restricted(ctx, "ingest.json", exc)
+        raise
     # A pickle, not Parquet: JSON Lines columns may mix JSON types until validation has typed them (and
     # pyarrow's conversion errors quote cell values). It never leaves the private work directory.
     out = ctx.path("raw.pkl")
@@ -252,19 +256,44 @@ def ingest(ctx: RunContext, reservation: Any) -> Path:
 
 
 def validate(ctx: RunContext, raw_path: Path) -> Path:
-    """Great Expectations suite from the declared columns; raises SchemaValidationError."""
+    """Check the rows against the declared columns (Great Expectations); repair or fail per the spec.
+
+    With ``validation.on_invalid: repair`` (the default) each offending record is repaired or dropped on
+    its own and the release goes on; which records were touched travels privately with the rows (for
+    the DP count in :func:`fit`) and the exact figures go to the restricted ``validation.json``. Nothing
+    logged or raised here holds a count of private rows.
+
+    Raises:
+        SchemaValidationError: a schema-level problem, or a failing rule with ``on_invalid: fail``
+            (a failure that depends on single records: outside the DP guarantee).
+    """
     from safesynth.io import source_display
+    from safesynth.repair import REPAIRED_COLUMN
     from safesynth.validation import validate_frame
 
     spec = ctx.spec
-    typed, summary = validate_frame(pd.read_pickle(raw_path), spec,  # noqa: S301 - our own file
-                                    source_name=source_display(spec))
+    try:
+        checked = validate_frame(pd.read_pickle(raw_path), spec,  # noqa: S301 - our own file
+                                 source_name=source_display(spec))
+    except DataError as exc:
+        _keep_restricted(ctx, "validation.json", exc)
+        raise
     out = ctx.path("clean.parquet")
-    typed.to_parquet(out, index=False)
+    repair = checked.repair
+    checked.frame.assign(**{REPAIRED_COLUMN: repair.touched[repair.kept]}).to_parquet(out, index=False)
     raw_path.unlink(missing_ok=True)
-    ctx.report("validation.json").write_text(json.dumps(summary.to_dict()))
-    log.info("validation passed: %s checks of suite %s", summary.evaluated, summary.suite)
+    ctx.report("validation.json").write_text(json.dumps(
+        {"summary": checked.summary.to_dict(), **repair.restricted()}))
+    log.info("validation done: %s checks of suite %s (on_invalid: %s)", checked.summary.evaluated,
+             checked.summary.suite, spec.validation.on_invalid)
     return out
+
+
+def _keep_restricted(ctx: RunContext, name: str, exc: DataError) -> None:
+    """A data error's exact diagnostics (counts, lines) go to the restricted reports directory only."""
+    if exc.restricted is not None:
+        ctx.report(name).write_text(json.dumps({"error": str(exc), **exc.restricted}))
+        exc.restricted = None  # the error travels on (CLI, Prefect state) without them
 
 
 def split(ctx: RunContext, clean_path: Path) -> tuple[Path, Path]:
@@ -291,12 +320,20 @@ def split(ctx: RunContext, clean_path: Path) -> tuple[Path, Path]:
 
 
 def fit(ctx: RunContext, train_path: Path, *, noise: NoiseSource | None = None) -> Fitted:
-    """Fit the spec's generator with DP on the training rows; records the spend in ``account.json``."""
+    """Fit the spec's generator with DP on the training rows; records the spend in ``account.json``.
+
+    After DP discovery, records outside the resolved domains are repaired or dropped on their own
+    (:mod:`safesynth.repair`), and the plan's ``repairs`` stage releases a noisy count of the records
+    repaired or dropped here or in :func:`validate` (each record counted once).
+    """
+    from safesynth.repair import REPAIRED_COLUMN, repair_records
+
     spec = ctx.spec
     plan = plan_budget(spec)
     account = ReleaseAccount(delta=spec.privacy.delta, accountant=spec.privacy.accountant)
     noise = noise or default_noise()
     train = pd.read_parquet(train_path)
+    validated = train.pop(REPAIRED_COLUMN).to_numpy(dtype=bool) if REPAIRED_COLUMN in train else None
     try:
         if plan.has("discovery"):
             from safesynth.privacy.discovery import discover_domains
@@ -304,6 +341,10 @@ def fit(ctx: RunContext, train_path: Path, *, noise: NoiseSource | None = None) 
             spec = discover_domains(train, spec=spec, stage=plan.stage("discovery"), account=account,
                                     noise=noise)
         schema = ResolvedSpec(spec)
+        repair = repair_records(train, spec)
+        train = repair.frame
+        if plan.has("repairs"):
+            _release_repairs(ctx, plan, repair.touched, validated, account=account, noise=noise)
         model = get_backend(spec.generator.kind).fit(train, spec=spec, plan=plan, account=account, noise=noise,
                                                      workdir=ctx.path("fit"))
     finally:
@@ -314,6 +355,22 @@ def fit(ctx: RunContext, train_path: Path, *, noise: NoiseSource | None = None) 
     log.info("fitted %s generator with DP: epsilon %.4g (%s), delta %.3g", spec.generator.kind, account.epsilon,
              account.accountant, account.delta)
     return Fitted(model_dir=model_dir, schema=schema)
+
+
+def _release_repairs(ctx: RunContext, plan: BudgetPlan, touched: np.ndarray, validated: np.ndarray | None, *,
+                     account: ReleaseAccount, noise: NoiseSource) -> None:
+    """Release the DP count of records repaired or dropped (validation or domain repair, each once)."""
+    from safesynth.repair import release_repair_count
+
+    report = json.loads(ctx.report("validation.json").read_text()) if ctx.report("validation.json").exists() else {}
+    by_validation = int(report.get("records_repaired", 0)) + int(report.get("records_dropped", 0))
+    # A training record validation already touched is in ``by_validation``: count it once.
+    by_domain = int((touched & ~validated).sum()) if validated is not None else int(touched.sum())
+    noisy, spend = release_repair_count(by_validation + by_domain, stage=plan.stage("repairs"), noise=noise)
+    account.add(spend)
+    ctx.report("repairs.json").write_text(json.dumps(
+        {"by_validation": by_validation, "by_domain_repair": by_domain, "noisy_count": noisy}))
+    log.info("records repaired or dropped (DP count, epsilon %.3g): %d", spend.epsilon, noisy)
 
 
 def _check_within_plan(spec: ReleaseSpec, account: ReleaseAccount) -> None:
@@ -429,12 +486,21 @@ def build_manifest(ctx: RunContext, fitted: Fitted, files: list[Path], decision:
         "rows": spec.sampling.rows,
         "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],
         "privacy": {**load_account(ctx).summary(), "plan": read("plan.json")},
-        "validation": read("validation.json"),
+        "validation": _validation_section(ctx),
         "audit": {"attacks": [read("audit.json")], "differentially_private": False,
                   "note": "attack figures are computed on private rows and are not covered by the DP guarantee"},
         "gate": decision.to_dict(),
         "files": build_manifest_files(files),
     }
+
+
+def _validation_section(ctx: RunContext) -> dict[str, Any]:
+    """Spec constants (suite, rules, policy) and the DP count of repaired records; never exact figures."""
+    summary = json.loads(ctx.report("validation.json").read_text())["summary"]
+    count = next((s for s in load_account(ctx).spends if s.stage == "repairs"), None)
+    return {**summary, "records_repaired_or_dropped": None if count is None else {
+        "noisy_count": count.detail["noisy_count"], "mechanism": "discrete laplace", "epsilon": count.epsilon,
+        "sensitivity": 1, "note": "differentially private count (stage `repairs`); exact figures are restricted"}}
 
 
 def publish(ctx: RunContext, fitted: Fitted, files: list[Path], decision: GateDecision) -> PublishedRelease:

@@ -12,7 +12,23 @@ How the checks are split:
   failures. An ``exception_info`` from GX is a hard failure ("could not be checked").
 
 GX is asked for counts only (``SUMMARY`` with ``partial_unexpected_count: 0``): no failing values
-are requested, and none reach a message. Messages name columns, rules and counts.
+are requested, and none reach a message. Messages name columns and rules, never values or counts.
+
+What happens to a record that breaks a rule is the spec's ``validation.on_invalid``:
+
+* ``repair`` (default): the record is repaired or dropped on its own (:mod:`safesynth.repair`: numbers
+  and datetimes clamped, texts truncated, unparseable values and unknown categories nulled or the
+  record dropped, nulls in non-nullable columns dropped), and GX then checks the repaired frame (a rule
+  failing after repair is a bug: :class:`~safesynth.errors.InternalError`). Whether a release goes on
+  never depends on single records.
+* ``fail``: any failing rule stops the release with a :class:`~safesynth.errors.SchemaValidationError`
+  naming the failing rules. That a release failed depends on single records: it is outside the DP
+  guarantee, and so documented.
+
+Either way, exact figures (failing rows per rule, records repaired or dropped) are private: they go to
+the restricted reports directory only (:attr:`Validated.repair`, the error's ``restricted`` mapping).
+Schema-level problems (a declared column missing or repeated, a column the parser or GX cannot check)
+always fail.
 
 What parses as what (values are stripped of surrounding whitespace for the numeric, boolean and
 datetime types; categories and texts are compared exactly as written):
@@ -43,7 +59,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from safesynth.errors import SchemaValidationError
+from safesynth.errors import InternalError, SchemaValidationError
+from safesynth.repair import Repair, naive_utc, repair_records
 from safesynth.spec import (
     BooleanColumn,
     CategoricalColumn,
@@ -55,7 +72,7 @@ from safesynth.spec import (
     TextColumn,
 )
 
-__all__ = ["ValidationSummary", "parse_column", "validate_frame"]
+__all__ = ["Validated", "ValidationSummary", "parse_column", "validate_frame"]
 
 _BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _MAX_EXACT_FLOAT_INT = 2.0**53
@@ -64,32 +81,47 @@ _RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ValidationSummary:
-    """What was checked, for the release manifest. Holds nothing computed from the private values.
+    """What was checked, for the release manifest: spec constants only, nothing computed from the data.
 
     Attributes:
         suite: name of the generated expectation suite.
+        on_invalid: the spec's policy for records that break a rule (``repair`` or ``fail``).
         evaluated: checks evaluated (GX expectations plus the per-column type checks).
-        passed: checks that passed (equal to ``evaluated``: a failure raises).
         rules: one line per check, e.g. "column `age`: values within [17, 90]".
         gx_version: the Great Expectations version that evaluated the expectations.
     """
 
     suite: str
+    on_invalid: str
     evaluated: int
-    passed: int
     rules: tuple[str, ...]
     gx_version: str
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; no row, null or failure counts (those would describe the private data)."""
+        """JSON-ready; no row, null, failure or repair counts (those would describe the private data)."""
         return {
             "engine": "great_expectations",
             "gx_version": self.gx_version,
             "suite": self.suite,
+            "on_invalid": self.on_invalid,
             "evaluated": self.evaluated,
-            "passed": self.passed,
             "rules": list(self.rules),
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Validated:
+    """What validation hands on.
+
+    Attributes:
+        frame: the declared columns in declared order with declared dtypes (repaired records, kept ones).
+        summary: the public summary (spec constants only).
+        repair: which records were repaired or dropped, with exact figures: private, restricted zone only.
+    """
+
+    frame: pd.DataFrame
+    summary: ValidationSummary
+    repair: Repair
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,10 +138,11 @@ class _Check:
 # --------------------------------------------------------------------------------------- public API
 
 
-def validate_frame(
-    raw: pd.DataFrame, spec: ReleaseSpec, *, source_name: str
-) -> tuple[pd.DataFrame, ValidationSummary]:
+def validate_frame(raw: pd.DataFrame, spec: ReleaseSpec, *, source_name: str) -> Validated:
     """Check ``raw`` (as read by :func:`safesynth.io.read_source`) against the declared columns.
+
+    Records that break a rule are repaired or dropped, or fail the validation, as the spec's
+    ``validation.on_invalid`` says (see the module docstring).
 
     Args:
         raw: the source's columns as read (extra columns are ignored).
@@ -117,15 +150,15 @@ def validate_frame(
         source_name: display name of the source for messages (no credentials).
 
     Returns:
-        The declared columns in declared order with declared dtypes, and a summary of the checks.
+        The typed (and repaired) frame, a public summary and the private repair figures.
 
     Raises:
-        SchemaValidationError: one entry per failing rule ``(column, rule, failing_rows)``.
+        SchemaValidationError: a schema-level problem, or (``on_invalid: fail``) failing rules; one
+            ``(column, rule)`` per problem, exact row counts only in its ``restricted`` mapping.
     """
     _check_presence(raw, spec, source_name)
     typed: dict[str, pd.Series] = {}
-    checked: dict[str, pd.Series] = {}
-    failures: dict[str, list[tuple[str, str, int | None]]] = {name: [] for name in spec.columns}
+    unparsed: dict[str, pd.Series] = {}
     checks: list[_Check] = [
         _Check(column="", holds="table: columns match the declared set", fails="",
                expectation="ExpectTableColumnsToMatchSet",
@@ -136,30 +169,60 @@ def validate_frame(
             values, bad = parse_column(raw[name], col)
         except Exception as exc:
             # Parser errors can quote the offending value (pyarrow does): keep only the class.
-            failure = (name, f"could not be parsed ({type(exc).__name__})", None)
+            failure = (name, f"could not be parsed ({type(exc).__name__})")
             raise SchemaValidationError([failure], source=source_name) from None
-        type_check = _type_check(name, col)
-        checks.append(type_check)
-        n_bad = int(bad.sum())
-        if n_bad:
-            failures[name].append((name, type_check.fails, n_bad))
-        typed[name] = values
-        checked[name] = values.mask(bad, _placeholder(col)) if n_bad else values
+        checks.append(_type_check(name, col))
         checks.extend(_value_checks(name, col))
+        typed[name], unparsed[name] = values, bad
     frame = pd.DataFrame(typed, index=pd.RangeIndex(len(raw)))
     gx_checks = [check for check in checks if check.expectation]
-    gx_frame = pd.DataFrame(checked, index=frame.index)
-    gx_failures, gx_version = _run_expectations(gx_frame, gx_checks, suite=_suite_name(spec))
-    for column, rule, count in gx_failures:
-        failures.setdefault(column, []).append((column, rule, count))
-    flat = [entry for entries in failures.values() for entry in entries]
-    if flat:
-        raise SchemaValidationError(flat, source=source_name)
+    if spec.validation.on_invalid == "repair":
+        repair = repair_records(frame, spec, invalid=unparsed)
+        failures, gx_version = _run_expectations(repair.frame, gx_checks, suite=_suite_name(spec))
+        _check_repaired(failures, source_name)
+    else:
+        failures, gx_version = _run_expectations(_with_placeholders(frame, unparsed, spec), gx_checks,
+                                                 suite=_suite_name(spec))
+        by_column: dict[str, list[tuple[str, str, int | None]]] = {name: [] for name in spec.columns}
+        for entry in _type_failures(checks, unparsed) + failures:  # per column: its type rule first
+            by_column.setdefault(entry[0], []).append(entry)
+        failures = [entry for entries in by_column.values() for entry in entries]
+        if failures:
+            raise SchemaValidationError(
+                [(column, rule) for column, rule, _ in failures], source=source_name,
+                restricted={"records_read": len(frame),
+                            "rules": [{"column": c, "rule": r, "records": n} for c, r, n in failures]},
+            )
+        repair = repair_records(frame, spec)  # nothing to repair: every rule held
     summary = ValidationSummary(
-        suite=_suite_name(spec), evaluated=len(checks), passed=len(checks),
+        suite=_suite_name(spec), on_invalid=spec.validation.on_invalid, evaluated=len(checks),
         rules=tuple(c.holds for c in checks), gx_version=gx_version,
     )
-    return frame, summary
+    return Validated(frame=repair.frame, summary=summary, repair=repair)
+
+
+def _type_failures(checks: list[_Check], unparsed: dict[str, pd.Series]) -> list[tuple[str, str, int | None]]:
+    """``(column, rule, rows)`` for the cells that did not parse, in declared order."""
+    out: list[tuple[str, str, int | None]] = []
+    for check in checks:
+        if check.expectation is None and int(unparsed[check.column].sum()):
+            out.append((check.column, check.fails, int(unparsed[check.column].sum())))
+    return out
+
+
+def _with_placeholders(frame: pd.DataFrame, unparsed: dict[str, pd.Series], spec: ReleaseSpec) -> pd.DataFrame:
+    """Cells that failed to parse (counted under the type rule) replaced by an in-domain placeholder."""
+    return pd.DataFrame({name: frame[name].mask(unparsed[name], _placeholder(col)) if unparsed[name].any()
+                         else frame[name] for name, col in spec.columns.items()}, index=frame.index)
+
+
+def _check_repaired(failures: list[tuple[str, str, int | None]], source_name: str) -> None:
+    """After repair only a GX error may remain (a hard failure); a failing rule is a bug in the repair."""
+    counted = [(column, rule) for column, rule, count in failures if count is not None]
+    if counted:
+        raise InternalError(f"rules still fail after repairing the records: {counted}")
+    if failures:
+        raise SchemaValidationError([(column, rule) for column, rule, _ in failures], source=source_name)
 
 
 def parse_column(raw: pd.Series, col: ColumnSpec) -> tuple[pd.Series, pd.Series]:
@@ -192,12 +255,12 @@ def _suite_name(spec: ReleaseSpec) -> str:
 def _check_presence(raw: pd.DataFrame, spec: ReleaseSpec, source_name: str) -> None:
     # Other rules cannot run on a missing column; report these alone (names come from the spec).
     counts = pd.Index(raw.columns).value_counts()
-    problems: list[tuple[str, str, int | None]] = []
+    problems: list[tuple[str, str]] = []
     for name in spec.columns:
         if name not in counts.index:
-            problems.append((name, "is missing", None))
+            problems.append((name, "is missing"))
         elif counts[name] > 1:
-            problems.append((name, "appears more than once", None))
+            problems.append((name, "appears more than once"))
     if problems:
         raise SchemaValidationError(problems, source=source_name)
 
@@ -241,16 +304,10 @@ def _value_checks(name: str, col: ColumnSpec) -> list[_Check]:
 def _bounds(col: ColumnSpec) -> tuple[Any, Any]:
     """Declared ``(min, max)`` of numbers and datetimes (naive UTC); ``(None, None)`` for other types."""
     if isinstance(col, DatetimeColumn):
-        return _naive_utc(col.min), _naive_utc(col.max)
+        return naive_utc(col.min), naive_utc(col.max)
     if isinstance(col, IntegerColumn | FloatColumn):
         return col.min, col.max
     return None, None
-
-
-def _naive_utc(value: dt.datetime) -> dt.datetime:
-    if value.tzinfo is None:
-        return value
-    return value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def _show(value: Any) -> str:
@@ -272,7 +329,7 @@ def _range_text(low: Any, high: Any, *, within: bool) -> str:
 def _placeholder(col: ColumnSpec) -> Any:
     """An in-domain value standing in for a cell that failed to parse (already counted once)."""
     if isinstance(col, DatetimeColumn):
-        return pd.Timestamp(_naive_utc(col.min))
+        return pd.Timestamp(naive_utc(col.min))
     if isinstance(col, IntegerColumn | FloatColumn):
         return next((b for b in (col.min, col.max) if b is not None), 0)
     if isinstance(col, BooleanColumn):

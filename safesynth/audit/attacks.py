@@ -66,7 +66,8 @@ def featurize(frame: pd.DataFrame, spec: ReleaseSpec) -> np.ndarray:
         null = s.isna().to_numpy()
         if isinstance(col, CategoricalColumn):
             categories = categories_of(col)
-            codes = pd.Categorical(s.astype(object).where(~null, None), categories=list(categories)).codes
+            # -1 for a null or a value outside the (discovered) categories: no one-hot bit, never an error.
+            codes = pd.Index(list(categories)).get_indexer(s.astype(object).where(~null, None))
             onehot = np.zeros((len(s), len(categories)))
             ok = codes >= 0
             onehot[np.flatnonzero(ok), codes[ok]] = 1 / math.sqrt(2)

@@ -37,6 +37,7 @@ from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_eps
 from safesynth.privacy.mechanisms import GaussianMechanism, make_mechanism
 from safesynth.privacy.noise import NoiseSource
 from safesynth.privacy.planner import BudgetPlan
+from safesynth.repair import repair_records
 from safesynth.schema import conform
 from safesynth.spec import (
     BooleanColumn,
@@ -123,8 +124,8 @@ def _cell_index(series: pd.Series, col: ColumnSpec, bins: int) -> np.ndarray:
     else:
         lo, hi, x = _numeric_view(col, values)
         idx[valid] = np.digitize(x, _edges(lo, hi, bins)[1:-1])
-    if (idx[valid] < 0).any() or (idx[valid] >= n_cells).any():
-        raise ValueError("values outside the declared domain reached the marginals generator")
+    if (idx[valid] < 0).any() or (idx[valid] >= n_cells).any():  # repair_records ran first: a bug
+        raise InternalError("values outside the domain reached the marginals generator after repair")
     return idx
 
 
@@ -248,6 +249,9 @@ class MarginalsBackend:
     ) -> MarginalsModel:
         """Release one noisy joint vector of all column histograms.
 
+        Records outside the spec's domains (declared or discovered) are first repaired on their own
+        (:func:`safesynth.repair.repair_records`), so no single record can make the fit fail.
+
         Privacy:
             Spends the plan's ``generator`` stage (epsilon, delta) with the spec's mechanism on a vector of
             L1 sensitivity ``k + t`` and L2 sensitivity ``sqrt(k + t)`` under add/remove one record (see
@@ -256,6 +260,7 @@ class MarginalsBackend:
         gen = spec.generator
         if not isinstance(gen, MarginalsGeneratorSpec):
             raise InternalError(f"the marginals generator got a `{gen.kind}` generator spec")
+        train = repair_records(train, spec).frame  # records outside the domains: clamped, nulled or dropped
         stage = plan.stage("generator")
         layout = _layout(spec, gen.bins)
         counts = np.zeros(layout[-1].start + layout[-1].size)

@@ -15,6 +15,8 @@ __all__ = ["BudgetPlan", "StageBudget", "plan_budget"]
 
 #: Default share of a release's budget for the noisy histogram an LLM conditions on.
 DEFAULT_CONDITION_FRACTION = 0.1
+#: Default share for the noisy count of repaired or dropped records (:mod:`safesynth.repair`).
+DEFAULT_REPAIRS_FRACTION = 0.02
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,7 +59,9 @@ def plan_budget(spec: ReleaseSpec) -> BudgetPlan:
     """Allocate the spec's budget to stages. Pure function of the spec: reads no data.
 
     Stages: ``discovery`` (only when a domain is undeclared), ``condition`` (an LLM conditioned on a
-    noisy histogram), ``generator`` (the rest).
+    noisy histogram), ``repairs`` (the noisy count of repaired or dropped records; by default
+    ``DEFAULT_REPAIRS_FRACTION``, or what an explicit ``generator`` share leaves, at most that),
+    ``generator`` (the rest).
     """
     privacy = spec.privacy
     alloc = privacy.allocation
@@ -66,6 +70,13 @@ def plan_budget(spec: ReleaseSpec) -> BudgetPlan:
         fractions["discovery"] = alloc.discovery
     if isinstance(spec.generator, LLMGeneratorSpec) and spec.generator.condition_on is not None:
         fractions["condition"] = alloc.condition if alloc.condition is not None else DEFAULT_CONDITION_FRACTION
+    used = sum(fractions.values())
+    if alloc.repairs is not None:
+        fractions["repairs"] = alloc.repairs
+    elif alloc.generator is None:
+        fractions["repairs"] = DEFAULT_REPAIRS_FRACTION
+    else:  # an explicit generator share: the count gets what is left over, never more than its default
+        fractions["repairs"] = min(DEFAULT_REPAIRS_FRACTION, max(0.0, 1.0 - used - alloc.generator))
     used = sum(fractions.values())
     fractions["generator"] = alloc.generator if alloc.generator is not None else max(0.0, 1.0 - used)
     if sum(fractions.values()) > 1.0 + 1e-12:

@@ -1,7 +1,12 @@
-"""Bad input through the CLI: one line naming file/column/rule/count, exit code 2, nothing published."""
+"""Bad input through the CLI: one line naming file/column/rule (never a count), exit code 2, nothing published.
+
+Records that break a rule are repaired by default (``validation.on_invalid: repair``) and the release
+goes on; with ``on_invalid: fail`` they stop it, with no count of private rows in the message.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +19,7 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 SECRET = "SECRET_9137"
+PERMISSIVE_GATE = {"holdout_fraction": 0.2, "max_attack_auc": 1.0}  # these tests are about input, not the audit
 
 
 def demo_spec(tmp_path: Path, source: Path, **changes) -> Path:
@@ -47,8 +53,18 @@ def assert_rejected(tmp_path: Path, result, output: str, *needles: str) -> None:
     assert "Traceback" not in output
     for needle in needles:
         assert needle in errors[0], (needle, output)
+    assert " rows" not in errors[0] and " row " not in errors[0]  # counts of private rows are restricted
     assert SECRET not in output  # not in the error, not in the logs
     assert not (tmp_path / "releases").exists()
+
+
+def assert_published(tmp_path: Path, result, output: str) -> dict:
+    assert result.exit_code == 0, output
+    assert SECRET not in output and "Traceback" not in output
+    (manifest,) = (tmp_path / "releases").rglob("manifest.json")
+    text = manifest.read_text()
+    assert SECRET not in text
+    return json.loads(text)
 
 
 def test_malformed_csv(tmp_path, safesynth_home):
@@ -68,24 +84,44 @@ def test_missing_column(tmp_path, safesynth_home):
     assert_rejected(tmp_path, result, out, col, "missing")
 
 
-def test_out_of_range_values(tmp_path, safesynth_home):
+def test_out_of_range_values_are_clamped_and_published(tmp_path, safesynth_home):
     col = first_column("integer")
     frame = demo_rows()
     frame.loc[[3, 7, 9], col] = "100000"
     src = tmp_path / "range.csv"
     frame.to_csv(src, index=False)
-    result, out = run(demo_spec(tmp_path, src))
-    assert_rejected(tmp_path, result, out, col, "3 rows")
+    manifest = assert_published(tmp_path, *run(demo_spec(tmp_path, src, audit=PERMISSIVE_GATE)))
+    assert "repairs" in [s["stage"] for s in manifest["privacy"]["stages"]]
+    assert "records_repaired_or_dropped" in manifest["validation"]
 
 
-def test_wrong_types(tmp_path, safesynth_home):
+def test_out_of_range_values_fail_without_counts_when_asked(tmp_path, safesynth_home):
+    col = first_column("integer")
+    frame = demo_rows()
+    frame.loc[[3, 7, 9], col] = "100000"
+    src = tmp_path / "range.csv"
+    frame.to_csv(src, index=False)
+    result, out = run(demo_spec(tmp_path, src, validation={"on_invalid": "fail"}))
+    assert_rejected(tmp_path, result, out, col, "values outside")
+
+
+def test_wrong_types_drop_their_records_and_publish(tmp_path, safesynth_home):
     col = first_column("integer")
     frame = demo_rows()
     frame.loc[[1, 2], col] = SECRET
     src = tmp_path / "types.csv"
     frame.to_csv(src, index=False)
-    result, out = run(demo_spec(tmp_path, src))
-    assert_rejected(tmp_path, result, out, col, "2 rows")
+    assert_published(tmp_path, *run(demo_spec(tmp_path, src, audit=PERMISSIVE_GATE)))
+
+
+def test_wrong_types_fail_without_counts_when_asked(tmp_path, safesynth_home):
+    col = first_column("integer")
+    frame = demo_rows()
+    frame.loc[[1, 2], col] = SECRET
+    src = tmp_path / "types.csv"
+    frame.to_csv(src, index=False)
+    result, out = run(demo_spec(tmp_path, src, validation={"on_invalid": "fail"}))
+    assert_rejected(tmp_path, result, out, col, "not integers")
 
 
 def test_unknown_spec_key(tmp_path, safesynth_home):

@@ -87,6 +87,8 @@ def test_flow_publishes_the_demo_release(tmp_path, safesynth_home, prefect_harne
     assert outcome.status == "published" and outcome.exit_code == 0
     manifest = check_release(tmp_path, spec, "demo-e2e")
     assert "element_count" not in json.dumps(manifest["validation"])  # no private row counts
+    assert manifest["validation"]["records_repaired_or_dropped"]["sensitivity"] == 1  # a DP count only
+    assert "repairs" in [s["stage"] for s in manifest["privacy"]["stages"]]
     # Same release id again: idempotent, nothing spent, nothing rewritten.
     before = {p: p.read_bytes() for p in published_files(tmp_path)}
     again = run_flow(spec, "demo-e2e")
@@ -169,7 +171,7 @@ def test_flow_publishes_an_llm_release(tmp_path, safesynth_home, prefect_harness
     assert state.is_completed(), state.message
     manifest = check_release(tmp_path, spec, "llm-e2e")
     stages = {s["stage"]: s for s in manifest["privacy"]["stages"]}
-    assert set(stages) == {"condition", "generator.count", "generator.dp_sgd"}
+    assert set(stages) == {"condition", "repairs", "generator.count", "generator.dp_sgd"}
     assert stages["generator.dp_sgd"]["secure_noise"] is False  # Opacus noise, recorded honestly
     assert manifest["privacy"]["secure_noise"] is False
     assert manifest["privacy"]["epsilon"] <= 4.0

@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
     return path
 
 
-def read_error(tmp_path: Path, name: str, content: str | bytes, **extra: object) -> str:
+def read_failure(tmp_path: Path, name: str, content: str | bytes, **extra: object) -> SourceReadError:
     path = write(tmp_path, name, content)
     with pytest.raises(SourceReadError) as info:
         read_source(make_spec(tmp_path, path, **extra))
@@ -58,7 +59,13 @@ def read_error(tmp_path: Path, name: str, content: str | bytes, **extra: object)
     assert "\n" not in message
     assert str(path) in message
     assert SECRET not in message
-    return message
+    # Where a bad record is and how many there are is private: only in the restricted mapping.
+    assert not re.search(r"line \d|\d+ rows?\b|\d+ fields", message), message
+    return info.value
+
+
+def read_error(tmp_path: Path, name: str, content: str | bytes, **extra: object) -> str:
+    return str(read_failure(tmp_path, name, content, **extra))
 
 
 # ------------------------------------------------------------------------------------------- csv
@@ -86,26 +93,26 @@ def test_csv_columns_come_in_declared_order(tmp_path):
     assert list(read_source(make_spec(tmp_path, path)).columns) == ["age", "city"]
 
 
-def test_ragged_row_names_the_line_and_counts_rows(tmp_path):
-    message = read_error(tmp_path, "s.csv", f"age,city\n1,Oslo\n2,Lima,{SECRET}\n3\n4,Oslo\n")
-    assert "malformed CSV" in message
-    assert "2 rows with the wrong number of fields" in message
-    assert "first at line 3 (3 fields, the header has 2)" in message
+def test_ragged_rows_fail_with_their_line_and_count_kept_restricted(tmp_path):
+    error = read_failure(tmp_path, "s.csv", f"age,city\n1,Oslo\n2,Lima,{SECRET}\n3\n4,Oslo\n")
+    assert str(error).endswith("malformed CSV: rows with the wrong number of fields (the header has 2)")
+    assert error.restricted == {"rows": 2, "first_line": 3, "first_fields": 3}
 
 
 def test_short_row_is_ragged_not_a_null(tmp_path):
-    message = read_error(tmp_path, "s.csv", "age,city\n1,Oslo\n2\n")
-    assert "1 row with the wrong number of fields, first at line 3" in message
+    error = read_failure(tmp_path, "s.csv", "age,city\n1,Oslo\n2\n")
+    assert "rows with the wrong number of fields" in str(error)
+    assert error.restricted == {"rows": 1, "first_line": 3, "first_fields": 1}
 
 
-def test_unbalanced_quote_names_the_line_where_it_opens(tmp_path):
-    message = read_error(tmp_path, "s.csv", f'age,city\n1,Oslo\n2,"{SECRET}\n3,Lima\n')
-    assert "malformed CSV at line 3: unbalanced quote" in message
+def test_unbalanced_quote_keeps_the_line_where_it_opens_restricted(tmp_path):
+    error = read_failure(tmp_path, "s.csv", f'age,city\n1,Oslo\n2,"{SECRET}\n3,Lima\n')
+    assert "malformed CSV: unbalanced quote" in str(error) and error.restricted == {"line": 3}
 
 
 def test_text_after_closing_quote_is_malformed(tmp_path):
-    message = read_error(tmp_path, "s.csv", f'age,city\n1,"Oslo"{SECRET}\n')
-    assert "malformed CSV at line 2" in message
+    error = read_failure(tmp_path, "s.csv", f'age,city\n1,"Oslo"{SECRET}\n')
+    assert "malformed CSV: malformed quoting" in str(error) and error.restricted == {"line": 2}
 
 
 @pytest.mark.parametrize("content", ["", "\n\n", "\ufeff", "  \r\n"])
@@ -117,11 +124,11 @@ def test_header_only_file_has_no_data_rows(tmp_path):
     assert "no data rows" in read_error(tmp_path, "s.csv", "age,city\n\n")
 
 
-def test_non_utf8_file_names_the_line_not_the_bytes(tmp_path):
+def test_non_utf8_file_keeps_the_line_restricted_and_never_shows_the_bytes(tmp_path):
     content = f"age,city\n1,Oslo\n2,{SECRET}\u00e9\n".encode("latin-1")
-    message = read_error(tmp_path, "s.csv", content)
-    assert "not UTF-8 text (first invalid byte on line 3)" in message
-    assert "0xe9" not in message
+    error = read_failure(tmp_path, "s.csv", content)
+    assert "not UTF-8 text; re-save the file as UTF-8" in str(error) and error.restricted == {"line": 3}
+    assert "0xe9" not in str(error)
 
 
 def test_duplicate_declared_header_is_named(tmp_path):
@@ -139,7 +146,7 @@ def test_missing_declared_column_is_a_schema_error(tmp_path):
     path = write(tmp_path, "s.csv", f"age,{SECRET}\n1,Oslo\n")
     with pytest.raises(SchemaValidationError) as info:
         read_source(make_spec(tmp_path, path))
-    assert info.value.failures == [("city", "is missing", None)]
+    assert info.value.failures == [("city", "is missing")]
     assert "column `city` is missing" in str(info.value)
     assert SECRET not in str(info.value)
 
@@ -238,19 +245,22 @@ def test_jsonl_round_trip_keeps_json_values_as_objects(tmp_path):
     assert loaded.frame["city"].tolist() == ["Oslo", "NA", "Lima"]
 
 
-def test_bad_json_line_names_the_line(tmp_path):
+def test_bad_json_line_keeps_its_line_restricted(tmp_path):
     content = '{"age": 1, "city": "Oslo"}\n\n{"age": 2, "city": "' + SECRET + '"\n'
-    assert "line 3 is not valid JSON" in read_error(tmp_path, "s.jsonl", content)
+    error = read_failure(tmp_path, "s.jsonl", content)
+    assert "a line is not valid JSON" in str(error) and error.restricted["line"] == 3
 
 
-def test_json_line_that_is_not_an_object_names_the_line(tmp_path):
+def test_json_line_that_is_not_an_object_keeps_its_line_restricted(tmp_path):
     content = f'{{"age": 1, "city": "Oslo"}}\n["{SECRET}"]\n'
-    assert "line 2 is not a JSON object" in read_error(tmp_path, "s.jsonl", content)
+    error = read_failure(tmp_path, "s.jsonl", content)
+    assert "a line is not a JSON object" in str(error) and error.restricted == {"line": 2}
 
 
-def test_json_line_with_a_repeated_key_names_the_line(tmp_path):
+def test_json_line_with_a_repeated_key_keeps_its_line_restricted(tmp_path):
     content = f'{{"age": 1, "city": "Oslo", "city": "{SECRET}"}}\n'
-    assert "line 1 repeats a key" in read_error(tmp_path, "s.jsonl", content)
+    error = read_failure(tmp_path, "s.jsonl", content)
+    assert "a line repeats a key" in str(error) and error.restricted == {"line": 1}
 
 
 # ------------------------------------------------------------------------------------ locations

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 import safesynth.io as sio
 from safesynth.errors import SchemaValidationError, SourceReadError, SpecError
 from safesynth.io import check_source, load_source, read_source
+from safesynth.spec import ValidationSpec
 from safesynth.validation import validate_frame
 from tests.unit.test_io import SECRET, make_spec, write
 
@@ -31,6 +32,10 @@ CSV = "age,city\n1,Oslo\n2,Lima\n"
 
 
 def source_error(call, spec) -> str:
+    return str(source_failure(call, spec))
+
+
+def source_failure(call, spec) -> SourceReadError:
     with pytest.raises(SourceReadError) as info:
         call(spec)
     message = str(info.value)
@@ -39,7 +44,7 @@ def source_error(call, spec) -> str:
     while chained is not None and seen < 10:  # nor in what a traceback would show
         assert SECRET not in str(chained)
         chained, seen = chained.__cause__ or chained.__context__, seen + 1
-    return message
+    return info.value
 
 
 def checked_without_opening(spec, monkeypatch) -> None:
@@ -237,8 +242,11 @@ def test_jsonl_with_mixed_types_reads_and_validates_without_showing_values(tmp_p
     frame = read_source(spec)  # JSON types as they are: validation decides
     assert frame["age"].tolist()[-2:] == [95, SECRET]
     with pytest.raises(SchemaValidationError) as info:
-        validate_frame(frame, spec, source_name="s.jsonl")
-    assert ("age", "values are not integers", 1) in info.value.failures
+        validate_frame(frame, spec.model_copy(update={"validation": ValidationSpec(on_invalid="fail")}),
+                       source_name="s.jsonl")
+    assert ("age", "values are not integers") in info.value.failures
+    assert {"column": "age", "rule": "values are not integers", "records": 1} in info.value.restricted["rules"]
+    assert len(validate_frame(frame, spec, source_name="s.jsonl").frame) == 66  # repair (default): dropped
     assert SECRET not in str(info.value) and "\n" not in str(info.value)
 
 
@@ -255,17 +263,18 @@ def test_undeclared_jsonl_keys_are_counted_not_named(tmp_path, caplog):
 # ----------------------------------------------------------------------------------- strict CSV
 
 
-def test_errors_past_the_first_block_name_their_line(tmp_path):
+def test_errors_past_the_first_block_keep_their_exact_line_restricted(tmp_path):
     rows = "".join(f"{i},Oslo\n" for i in range(100_000))
     bad_utf8 = f"age,city\n{rows}1,{SECRET}".encode() + b"\xe9\n"
-    message = source_error(read_source, make_spec(tmp_path, write(tmp_path, "s.csv", bad_utf8)))
-    assert "not UTF-8 text (first invalid byte on line 100002)" in message
+    error = source_failure(read_source, make_spec(tmp_path, write(tmp_path, "s.csv", bad_utf8)))
+    assert "not UTF-8 text" in str(error) and error.restricted == {"line": 100_002}
     unclosed = f'age,city\n{rows}2,"{SECRET}\n3,Lima\n'
-    message = source_error(read_source, make_spec(tmp_path, write(tmp_path, "s.csv", unclosed)))
-    assert "malformed CSV at line 100002: unbalanced quote" in message
+    error = source_failure(read_source, make_spec(tmp_path, write(tmp_path, "s.csv", unclosed)))
+    assert "malformed CSV: unbalanced quote" in str(error) and error.restricted == {"line": 100_002}
     ragged = f"age,city\n{rows}2,Lima,{SECRET}\n"
-    message = source_error(read_source, make_spec(tmp_path, write(tmp_path, "s.csv", ragged)))
-    assert "1 row with the wrong number of fields, first at line 100002" in message
+    error = source_failure(read_source, make_spec(tmp_path, write(tmp_path, "s.csv", ragged)))
+    assert "wrong number of fields" in str(error) and error.restricted["first_line"] == 100_002
+    assert "100002" not in str(error) and "100_002" not in str(error)
 
 
 def test_header_longer_than_the_first_peek_is_read(tmp_path):

@@ -41,18 +41,20 @@ def fit(spec, frame, noise):
 
 def test_laplace_scale_is_l1_sensitivity_over_epsilon_and_spend_is_exact(tmp_path):
     spec = make_spec(tmp_path, privacy={"epsilon": 2.0})
+    stage = plan_budget(spec).stage("generator")  # the release's epsilon less the small `repairs` share
     noise = RecordingNoise(SeededNoise(0))
     _, account = fit(spec, mixed_frame(300), noise)
     (kind, _, _, scale), = noise.calls
     units = len(spec.columns) + 1  # one text column adds a character vector
-    assert kind == "laplace" and scale == pytest.approx(units / 2.0)
-    assert account.basic_epsilon == pytest.approx(2.0)
-    assert account.epsilon <= 2.0 + 1e-12
+    assert kind == "laplace" and scale == pytest.approx(units / stage.epsilon)
+    assert account.basic_epsilon == pytest.approx(stage.epsilon)
+    assert account.epsilon <= stage.epsilon + 1e-12
     assert account.spends[0].secure_noise is False  # seeded noise is recorded as insecure
 
 
 def test_gaussian_spend_fits_the_budget_and_is_tight(tmp_path):
-    spec = make_spec(tmp_path, privacy={"epsilon": 1.0, "delta": 1e-6, "mechanism": "gaussian"})
+    spec = make_spec(tmp_path, privacy={"epsilon": 1.0, "delta": 1e-6, "mechanism": "gaussian",
+                                        "allocation": {"repairs": 0.0}})
     _, account = fit(spec, mixed_frame(300), SeededNoise(1))
     assert account.epsilon <= 1.0
     assert account.epsilon > 0.99  # calibration is tight, not wasteful
@@ -65,7 +67,8 @@ def test_released_noise_has_the_calibrated_scale(tmp_path, mechanism):
     a 30% scale error is rejected, which shows the test has power."""
     columns = {f"c{i}": {"type": "integer", "min": 0, "max": 2999} for i in range(2)}
     spec = make_spec(tmp_path, columns=columns, generator={"kind": "marginals", "bins": 3000},
-                     privacy={"epsilon": 1.0, "delta": 1e-6, "mechanism": mechanism})
+                     privacy={"epsilon": 1.0, "delta": 1e-6, "mechanism": mechanism,
+                              "allocation": {"repairs": 0.0}})
     frame = mixed_frame(10)[[]].assign(c0=np.arange(10), c1=np.arange(10)).astype("Int64")
     noise = RecordingNoise(OpenDPNoise())
     fit(spec, frame, noise)
@@ -117,3 +120,16 @@ def test_low_epsilon_is_noisier_than_high_epsilon(tmp_path):
         errs.append(0.5 * p.sub(q, fill_value=0).abs().sum())
     assert errs[0] > errs[1]
     assert math.isfinite(errs[0])
+
+
+def test_records_outside_the_domain_are_repaired_not_raised(tmp_path):
+    """One outlier or unknown category (e.g. below a discovered domain's noise threshold) never fails the fit."""
+    spec = make_spec(tmp_path)
+    frame = mixed_frame(300)
+    frame.loc[0, "age"] = 1_000  # clamped to 90
+    frame.loc[1, "plan"] = "rare"  # nullable: set to null
+    frame.loc[2, "note"] = "x" * 500  # truncated
+    frame.loc[3, "spend"] = -1e9  # clamped to 0
+    model, account = fit(spec, frame, SeededNoise(5))
+    assert rows_valid(model.sample(500, seed=0), spec)
+    assert [s.stage for s in account.spends] == ["generator"]  # the DP count of repairs is the stage's job

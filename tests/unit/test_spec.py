@@ -35,7 +35,10 @@ def test_issue_example_loads_with_paths_relative_to_the_spec_file(tmp_path):
     assert spec.target_uri == str((tmp_path / "releases").resolve())
     assert spec.source_format == "csv"
     assert spec.columns["workclass"].nullable
-    assert plan_budget(spec).stage("generator").epsilon == 4.0
+    plan = plan_budget(spec)
+    assert plan.stage("repairs").epsilon == pytest.approx(0.08)  # the default 2%, from the generator's share
+    assert plan.stage("generator").epsilon == pytest.approx(3.92)
+    assert spec.validation.on_invalid == "repair"
 
 
 def test_unknown_key_names_the_key_path_and_file(tmp_path):
@@ -70,7 +73,35 @@ def test_undeclared_domain_without_discovery_budget_is_rejected(tmp_path):
     ok = text.replace("lifetime_epsilon: 16.0}", "lifetime_epsilon: 16.0, allocation: {discovery: 0.1}}")
     plan = plan_budget(load_spec(write(tmp_path, ok)))
     assert plan.stage("discovery").epsilon == pytest.approx(0.4)
-    assert plan.stage("generator").epsilon == pytest.approx(3.6)
+    assert plan.stage("generator").epsilon == pytest.approx(3.52)
+
+
+@pytest.mark.parametrize(
+    ("allocation", "repairs", "generator"),
+    [({"repairs": 0.05}, 0.05, 0.95), ({"repairs": 0.0}, None, 1.0), ({"generator": 1.0}, None, 1.0),
+     ({"generator": 0.99}, 0.01, 0.99), ({"generator": 0.5}, 0.02, 0.5)],
+)
+def test_repairs_share_comes_from_the_generator_default_and_never_overdraws(tmp_path, allocation, repairs,
+                                                                            generator):
+    text = ISSUE_EXAMPLE.replace("lifetime_epsilon: 16.0}", f"lifetime_epsilon: 16.0, allocation: {allocation}}}")
+    plan = plan_budget(load_spec(write(tmp_path, text)))
+    assert plan.has("repairs") == (repairs is not None)
+    if repairs is not None:
+        assert plan.stage("repairs").fraction == pytest.approx(repairs)
+    assert plan.stage("generator").fraction == pytest.approx(generator)
+    assert sum(s.fraction for s in plan.stages) <= 1.0 + 1e-12
+
+
+def test_reserved_column_names_are_refused(tmp_path):
+    text = ISSUE_EXAMPLE.replace("  income:", "  __safesynth_repaired: {type: boolean}\n  income:")
+    with pytest.raises(SpecError, match="reserved"):
+        load_spec(write(tmp_path, text))
+
+
+def test_validation_policy_is_checked(tmp_path):
+    with pytest.raises(SpecError, match="validation.on_invalid"):
+        load_spec(write(tmp_path, ISSUE_EXAMPLE + "validation: {on_invalid: ignore}\n"))
+    assert load_spec(write(tmp_path, ISSUE_EXAMPLE + "validation: {on_invalid: fail}\n")).validation.on_invalid == "fail"
 
 
 def test_missing_file_and_bad_yaml_are_one_line_spec_errors(tmp_path):

@@ -1,7 +1,8 @@
-"""Validation with Great Expectations: counts per rule, never values; typed frames on success."""
+"""Validation with Great Expectations: rules, never values or counts; repair or fail per the spec."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -14,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from safesynth import validation
-from safesynth.errors import SchemaValidationError
+from safesynth.errors import InternalError, SchemaValidationError
 from safesynth.io import read_source, source_display
+from safesynth.repair import repair_records
 from safesynth.schema import pandas_dtype
 from safesynth.spec import ReleaseSpec, load_spec, parse_spec
 from safesynth.validation import ValidationSummary, _Check, _run_expectations, parse_column, validate_frame
@@ -38,9 +40,10 @@ GOOD = {"age": "40", "score": "0.5", "member": "true", "joined": "2022-03-04", "
 
 
 def make_spec(
-    columns: dict | None = None, tmp_path: Path | None = None, source: str = "s.csv"
+    columns: dict | None = None, tmp_path: Path | None = None, source: str = "s.csv", on_invalid: str = "fail"
 ) -> ReleaseSpec:
     data = {
+        "validation": {"on_invalid": on_invalid},
         "dataset": "t",
         "source": source,
         "columns": columns or COLUMNS,
@@ -58,49 +61,62 @@ def frame_of(*rows: dict, good_rows: int = 3) -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series([r[name] for r in records], dtype="str") for name in GOOD})
 
 
-def failures_of(raw: pd.DataFrame, columns: dict | None = None) -> tuple[list, str]:
+def failures_of(raw: pd.DataFrame, columns: dict | None = None, on_invalid: str = "fail") -> tuple[list, str]:
+    """``(failures, message)`` of a failed validation; failures are ``(column, rule, exact rows)``.
+
+    The exact counts come from the error's restricted mapping; the message must hold none of them.
+    """
     with pytest.raises(SchemaValidationError) as info:
-        validate_frame(raw, make_spec(columns), source_name="data/s.csv")
+        validate_frame(raw, make_spec(columns, on_invalid=on_invalid), source_name="data/s.csv")
     message = str(info.value)
     assert message.startswith("data/s.csv does not match the spec: ")
     assert "\n" not in message
     assert SECRET not in message and SECRET_NUMBER not in message
-    return info.value.failures, message
+    assert " row" not in message  # no "2 rows fail": counts of private rows are restricted
+    exact = {(r["column"], r["rule"]): r["records"] for r in (info.value.restricted or {}).get("rules", [])}
+    return [(column, rule, exact.get((column, rule))) for column, rule in info.value.failures], message
 
 
 # ------------------------------------------------------------------------------------ clean inputs
 
 
 def test_valid_frame_comes_back_with_declared_dtypes():
-    frame, summary = validate_frame(frame_of(), make_spec(), source_name="s.csv")
+    checked = validate_frame(frame_of(), make_spec(), source_name="s.csv")
+    frame, summary = checked.frame, checked.summary
     spec = make_spec()
     assert list(frame.columns) == list(spec.columns)
     for name, col in spec.columns.items():
         assert str(frame[name].dtype) == str(pd.Series([], dtype=pandas_dtype(col)).dtype), name
     assert frame["age"].tolist() == [40, 40, 40]
     assert frame["joined"].iloc[0] == pd.Timestamp("2022-03-04")
-    assert summary.evaluated == summary.passed == len(summary.rules)
+    assert summary.evaluated == len(summary.rules)
     assert "column `age`: values within [17, 90]" in summary.rules
+    assert checked.repair.touched.sum() == 0 and checked.repair.kept.all()
 
 
 def test_summary_for_the_manifest_holds_no_counts_of_private_data():
     raw = frame_of(good_rows=37)
-    _, summary = validate_frame(raw, make_spec(), source_name="s.csv")
+    summary = validate_frame(raw, make_spec(), source_name="s.csv").summary
     payload = summary.to_dict()
-    assert set(payload) == {"engine", "gx_version", "suite", "evaluated", "passed", "rules"}
+    assert set(payload) == {"engine", "gx_version", "suite", "on_invalid", "evaluated", "rules"}
     text = json.dumps(payload)
     assert "37" not in text and "element_count" not in text
-    _, again = validate_frame(frame_of(good_rows=5), make_spec(), source_name="s.csv")
+    again = validate_frame(frame_of(good_rows=5), make_spec(), source_name="s.csv").summary
     assert again.to_dict() == payload  # a function of the spec only
+    repaired = validate_frame(frame_of({"age": "200"}, {"city": SECRET}, good_rows=37),
+                              make_spec(on_invalid="repair"), source_name="s.csv").summary
+    assert repaired.to_dict() == {**payload, "on_invalid": "repair"}  # repairs leave no trace here
     with pytest.raises(AttributeError):
-        summary.passed = 0  # type: ignore[misc]
+        summary.evaluated = 0  # type: ignore[misc]
     assert isinstance(summary, ValidationSummary)
 
 
 def test_demo_csv_validates_against_its_spec():
     spec = load_spec(DATA / "demo.yaml")
-    frame, summary = validate_frame(read_source(spec), spec, source_name=source_display(spec))
-    assert len(frame.columns) == 14 and summary.suite == "safesynth.demo.schema"
+    checked = validate_frame(read_source(spec), spec, source_name=source_display(spec))
+    frame = checked.frame
+    assert len(frame.columns) == 14 and checked.summary.suite == "safesynth.demo.schema"
+    assert checked.repair.touched.sum() == 0  # the demo data breaks no rule
     assert frame["note"].isna().any() and frame["insurance"].isna().any()
 
 
@@ -112,7 +128,7 @@ def test_demo_generator_is_deterministic_and_matches_the_spec_it_writes(tmp_path
     again, _ = make_demo.write_demo(tmp_path / "b", rows=300, seed=11)
     assert csv_path.read_bytes() == again.read_bytes()
     spec = load_spec(spec_path)
-    frame, _ = validate_frame(read_source(spec), spec, source_name=source_display(spec))
+    frame = validate_frame(read_source(spec), spec, source_name=source_display(spec)).frame
     assert len(frame) == 300
 
 
@@ -120,20 +136,21 @@ def test_demo_generator_is_deterministic_and_matches_the_spec_it_writes(tmp_path
 def test_adult_csv_validates_against_its_spec():
     # Speed is a benchmark's business (bench/), never a timed test.
     spec = load_spec(DATA / "adult.yaml")
-    frame, summary = validate_frame(read_source(spec), spec, source_name=source_display(spec))
+    checked = validate_frame(read_source(spec), spec, source_name=source_display(spec))
+    frame = checked.frame
     assert len(frame.columns) == 15
     assert str(frame["fnlwgt"].dtype) == "Int64"
     assert frame["occupation"].isna().any()  # documented missing values, declared nullable
-    assert summary.evaluated == summary.passed
+    assert checked.summary.evaluated == len(checked.summary.rules)
 
 
 # ----------------------------------------------------------------------------------- bad values
 
 
-def test_out_of_range_values_are_counted_not_shown():
+def test_out_of_range_values_fail_naming_the_rule_without_counts():
     failures, message = failures_of(frame_of({"age": SECRET_NUMBER}, {"age": "16"}))
-    assert failures == [("age", "values outside [17, 90]", 2)]
-    assert "column `age` values outside [17, 90]: 2 rows fail" in message
+    assert failures == [("age", "values outside [17, 90]", 2)]  # the exact count is restricted
+    assert message.endswith("column `age` values outside [17, 90]")
 
 
 def test_wrong_types_are_counted_once_under_the_type_rule():
@@ -145,13 +162,13 @@ def test_wrong_types_are_counted_once_under_the_type_rule():
         ("member", "values are not booleans (true/false, 1/0, yes/no)", 1),
         ("joined", "values are not ISO 8601 datetimes", 1),
     ]  # no extra null or range failure for the same cells
-    assert "column `age` values are not integers: 2 rows fail" in message
+    assert "column `age` values are not integers;" in message
 
 
 def test_nulls_in_non_nullable_column_are_counted():
     failures, message = failures_of(frame_of({"city": None}, {"city": None, "score": None}))
     assert failures == [("city", "nulls in a non-nullable column", 2)]
-    assert "column `city` nulls in a non-nullable column: 2 rows fail" in message
+    assert message.endswith("column `city` nulls in a non-nullable column")
 
 
 def test_unknown_category_is_counted_not_named():
@@ -162,7 +179,7 @@ def test_unknown_category_is_counted_not_named():
 def test_too_long_text_is_counted_not_shown():
     failures, message = failures_of(frame_of({"comment": SECRET * 3}))
     assert failures == [("comment", "texts longer than 20 characters", 1)]
-    assert "column `comment` texts longer than 20 characters: 1 row fail" in message
+    assert message.endswith("column `comment` texts longer than 20 characters")
 
 
 def test_datetime_outside_bounds_names_the_declared_bounds():
@@ -206,6 +223,75 @@ def test_gx_exception_is_a_hard_failure():
     assert version.startswith("1.")
 
 
+# ------------------------------------------------------------------------------ repair (the default)
+
+
+def repaired(*rows: dict, columns: dict | None = None, good_rows: int = 3):
+    return validate_frame(frame_of(*rows, good_rows=good_rows) if columns is None else rows[0],
+                          make_spec(columns, on_invalid="repair"), source_name="s.csv")
+
+
+def test_repair_is_the_default_policy():
+    assert parse_spec({"dataset": "t", "source": "s.csv", "columns": COLUMNS, "sampling": {"rows": 1},
+                       "privacy": {"epsilon": 1.0, "lifetime_epsilon": 2.0},
+                       "publish": {"target": "r"}}).validation.on_invalid == "repair"
+
+
+def test_repair_clamps_numbers_and_datetimes_to_the_declared_bounds():
+    checked = repaired({"age": "200"}, {"age": "16", "score": "1.5"}, {"joined": "2019-12-31T23:59:59"})
+    frame = checked.frame
+    assert len(frame) == 6 and frame["age"].tolist()[3:] == [90, 17, 40]
+    assert frame["score"].tolist()[4] == 1.0 and frame["joined"].iloc[5] == pd.Timestamp("2020-01-01")
+    assert checked.repair.touched.tolist() == [False] * 3 + [True] * 3
+    assert checked.repair.restricted()["records_repaired"] == 3
+
+
+def test_repair_clamps_one_sided_bounds_on_their_side_only():
+    columns = {"n": {"type": "integer", "min": 0}, "x": {"type": "float", "max": 2.5}}
+    raw = pd.DataFrame({"n": pd.Series(["-1", "5"], dtype="str"), "x": pd.Series(["3", "-7"], dtype="str")})
+    frame = repaired(raw, columns=columns).frame
+    assert frame["n"].tolist() == [0, 5] and frame["x"].tolist() == [2.5, -7.0]
+
+
+def test_repair_nulls_bad_values_of_nullable_columns_and_truncates_long_texts():
+    checked = repaired({"score": SECRET}, {"comment": SECRET * 3})
+    frame = checked.frame
+    assert len(frame) == 5 and pd.isna(frame["score"].iloc[3]) and frame["score"].iloc[4] == 0.5
+    assert frame["comment"].iloc[4] == (SECRET * 3)[:20]
+    rules = {(r["column"], r["problem"], r["action"]): r["records"] for r in checked.repair.restricted()["rules"]}
+    assert rules == {("score", "values of the wrong type", "set to null"): 1,
+                     ("comment", "texts longer than 20 characters", "truncated"): 1}
+
+
+def test_repair_drops_records_whose_non_nullable_value_is_bad_or_missing():
+    checked = repaired({"age": SECRET}, {"city": SECRET}, {"member": None}, {"city": "Lima"})
+    assert checked.frame["city"].tolist() == ["Oslo", "Oslo", "Oslo", "Lima"]
+    assert checked.repair.kept.tolist() == [True] * 3 + [False] * 3 + [True]
+    assert checked.repair.touched.tolist() == [False] * 3 + [True] * 3 + [False]
+    report = checked.repair.restricted()
+    assert (report["records_read"], report["records_repaired"], report["records_dropped"]) == (7, 0, 3)
+    assert SECRET not in json.dumps(report)
+
+
+def test_repair_counts_a_record_once_however_many_of_its_values_are_repaired():
+    checked = repaired({"age": "200", "score": "7", "comment": SECRET * 3, "city": SECRET})
+    assert checked.repair.touched.tolist() == [False] * 3 + [True] and len(checked.frame) == 3
+
+
+def test_schema_level_problems_still_fail_under_repair():
+    failures, message = failures_of(frame_of().drop(columns=["city"]), on_invalid="repair")
+    assert failures == [("city", "is missing", None)]
+
+
+def test_a_rule_still_failing_after_repair_is_an_internal_error(monkeypatch):
+    def unrepaired(frame: pd.DataFrame, spec: ReleaseSpec, invalid=None):
+        return dataclasses.replace(repair_records(frame, spec, invalid=invalid), frame=frame)
+
+    monkeypatch.setattr(validation, "repair_records", unrepaired)  # GX checks the repaired frame
+    with pytest.raises(InternalError, match="still fail after repair"):
+        repaired({"age": "200"})
+
+
 # ------------------------------------------------------------------------------ parsing decisions
 
 
@@ -241,7 +327,7 @@ def test_datetime_column_parses_iso_8601_and_converts_offsets_to_utc():
 
 
 def test_na_string_is_a_category_not_a_null():
-    frame, _ = validate_frame(frame_of({"city": "NA"}), make_spec(), source_name="s.csv")
+    frame = validate_frame(frame_of({"city": "NA"}), make_spec(), source_name="s.csv").frame
     assert frame["city"].iloc[-1] == "NA"
 
 
@@ -249,15 +335,15 @@ def test_jsonl_values_are_validated_by_their_json_types(tmp_path):
     rows = [{**GOOD, "age": 40, "score": 0.25, "member": True}, {**GOOD, "age": 41.0, "member": 0}]
     (tmp_path / "s.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     spec = make_spec(tmp_path=tmp_path, source="s.jsonl")
-    frame, _ = validate_frame(read_source(spec), spec, source_name="s.jsonl")
+    frame = validate_frame(read_source(spec), spec, source_name="s.jsonl").frame
     assert frame["age"].tolist() == [40, 41] and frame["member"].tolist() == [True, False]
     bad = [{**GOOD, "age": True, "city": [SECRET], "comment": {"k": SECRET}}]
     (tmp_path / "s.jsonl").write_text(json.dumps(bad[0]))
     with pytest.raises(SchemaValidationError) as info:
         validate_frame(read_source(spec), spec, source_name="s.jsonl")
-    assert info.value.failures == [("age", "values are not integers", 1),
-                                   ("city", "values are not strings", 1),
-                                   ("comment", "values are not strings", 1)]
+    assert info.value.failures == [("age", "values are not integers"),
+                                   ("city", "values are not strings"),
+                                   ("comment", "values are not strings")]
     assert SECRET not in str(info.value)
 
 
@@ -269,7 +355,7 @@ def test_parquet_typed_columns_validate(tmp_path):
     })
     pq.write_table(table, tmp_path / "s.parquet")
     spec = make_spec(tmp_path=tmp_path, source="s.parquet")
-    frame, _ = validate_frame(read_source(spec), spec, source_name="s.parquet")
+    frame = validate_frame(read_source(spec), spec, source_name="s.parquet").frame
     assert frame["age"].tolist() == [40, 50] and str(frame["joined"].dtype) == "datetime64[us]"
     assert frame["score"].isna().tolist() == [False, True]
 

@@ -50,6 +50,7 @@ from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_eps
 from safesynth.privacy.mechanisms import LaplaceMechanism, make_mechanism
 from safesynth.privacy.noise import NoiseSource
 from safesynth.privacy.planner import BudgetPlan
+from safesynth.repair import repair_records
 from safesynth.spec import LLMGeneratorSpec, ReleaseSpec
 
 __all__ = ["ConditionHistogram", "FittedLLM", "LLMBackend", "release_condition_histogram"]
@@ -154,6 +155,9 @@ class LLMBackend:
             noise: NoiseSource, workdir: Path) -> FittedLLM:
         """Fit with DP; records ``condition`` (if any), ``generator.count`` and ``generator.dp_sgd``.
 
+        Records outside the spec's domains (declared or discovered) are first repaired on their own
+        (:func:`safesynth.repair.repair_records`), so no single record can make the fit fail.
+
         Privacy:
             Spends at most ``plan.stage("generator")`` (count: ``COUNT_FRACTION`` of its epsilon, DP-SGD:
             the rest and all of its delta) plus ``plan.stage("condition")`` with ``condition_on``.
@@ -176,6 +180,7 @@ class LLMBackend:
             location = spec.resolve(gen.model)  # a path relative to the spec file, else a hub id
             lm = load_language_model(location if Path(location).exists() else gen.model, codec.symbols,
                                      seed=spec.sampling.seed, lora=gen.lora)
+        train = repair_records(train, spec).frame  # records outside the domains: clamped, nulled or dropped
         rows = TrainingRows(codec, grammar, codec.encode_cells(train), lm=lm, order=order,
                             random_order=gen.random_column_order, seed=spec.sampling.seed)
         condition = None

@@ -230,3 +230,15 @@ def test_saved_metadata_holds_no_row_values(fitted, tmp_path):
     meta = json.loads((tmp_path / "gen" / "safesynth_llm.json").read_text())
     assert set(meta) == {"format", "kind", "symbols", "names", "model_ids", "order", "privacy", "condition"}
     assert "noisy_rows" not in json.dumps(meta)
+
+
+def test_records_outside_the_domain_are_repaired_not_raised(tmp_path):
+    """A category or number outside the (declared or discovered) domain never makes the fit fail."""
+    spec = llm_spec(tmp_path, TABULAR, epochs=0.5)
+    frame = tabular_frame(100)
+    frame.loc[0, "a"] = "rare"  # not nullable: the record is dropped
+    frame.loc[1, "b"] = "rare"  # nullable: set to null
+    frame.loc[2, "n"] = 10**9  # clamped to 999
+    model, account = _fit(spec, frame, tmp_path)
+    assert [s.stage for s in account.spends] == ["generator.count", "generator.dp_sgd"]
+    assert rows_valid(model.sample(20, seed=0), spec)
