@@ -243,7 +243,10 @@ def _noise_only(gsm, optimizer, mode: str) -> None:  # type: ignore[no-untyped-d
 
 def dp_step(gsm, optimizer, rows: TrainingRows, index: np.ndarray, *, mode: str,  # type: ignore[no-untyped-def]
             physical_batch_size: int) -> float:
-    """One DP-SGD step on a Poisson batch, in physical chunks; returns the batch's summed loss."""
+    """One DP-SGD step on a Poisson batch, in physical chunks; returns the batch's summed loss.
+
+    The returned loss is unnoised, a statistic of the private rows: for tests only, never to be shown.
+    """
     from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
     if len(index) == 0:
@@ -279,6 +282,11 @@ def _chunks(rows: TrainingRows, index: np.ndarray, physical_batch_size: int) -> 
         chunks.append(index[start:stop])
         start = stop
     return chunks
+
+
+def _progress_fields(schedule: DPSGDSchedule, steps_done: int, epsilon_spent: float) -> dict[str, str]:
+    """What the progress bar shows: public figures of the schedule only (no loss, no batch size)."""
+    return {"epoch": f"{steps_done * schedule.sample_rate:.2f}", "eps": f"{epsilon_spent:.3f}"}
 
 
 def _lr_lambda(steps: int) -> Callable[[int], float]:
@@ -323,9 +331,10 @@ def train_dp_sgd(
         clipped to ``max_grad_norm``; Gaussian noise of std ``noise_multiplier * max_grad_norm`` is added
         to the sum of clipped gradients at every step, empty Poisson batches included). The caller
         records the spend. The noise comes from ``noise_generator`` (torch, not a CSPRNG).
-        The progress bar shows the batch loss to the operator's terminal only (off when stderr is not
-        a TTY, unless ``progress=True`` or ``SAFESYNTH_PROGRESS=1``); it is never logged, stored or
-        returned.
+        The progress bar (off when stderr is not a TTY, unless ``progress=True`` or
+        ``SAFESYNTH_PROGRESS=1``) shows only public figures: steps, epochs and the epsilon spent so far,
+        all functions of the schedule. No loss or batch size (statistics of the private rows) is shown,
+        logged, stored or returned.
     """
     model = lm.model
     start = time.perf_counter()
@@ -343,13 +352,13 @@ def train_dp_sgd(
         try:
             for step in range(schedule.steps):
                 index = np.flatnonzero(poisson_rng.random(len(rows)) < schedule.sample_rate)
-                total = dp_step(gsm, optimizer, rows, index, mode=mode, physical_batch_size=physical_batch_size)
+                # The unnoised loss is a statistic of the private rows: it is discarded, never shown.
+                dp_step(gsm, optimizer, rows, index, mode=mode, physical_batch_size=physical_batch_size)
                 scheduler.step()
                 bar.update(1)
                 if not bar.disable and (step % every == 0 or step == schedule.steps - 1):
                     spent = compose_epsilon([schedule.event(step + 1)], delta=delta, accountant=accountant)
-                    bar.set_postfix(epoch=f"{(step + 1) * schedule.sample_rate:.2f}",
-                                    loss=f"{total / max(1, len(index)):.3f}", eps=f"{spent:.3f}")
+                    bar.set_postfix(_progress_fields(schedule, step + 1, spent))
         finally:
             bar.close()
             gsm.cleanup()

@@ -160,3 +160,16 @@ def test_insecure_training_rngs_are_reproducible_for_tests():
     assert one.source.startswith("spec-seed")
     assert one.poisson.integers(2**63) == two.poisson.integers(2**63)
     assert one.column_order.integers(2**63) == two.column_order.integers(2**63)
+
+
+def test_progress_bar_shows_no_loss_or_batch_size(tmp_path, capsys):
+    lm, rows = _rows(tmp_path, n=32)
+    schedule = DPSGDSchedule(sample_rate=0.5, steps=3, noise_multiplier=1.0, max_grad_norm=1.0,
+                             expected_batch_size=16, epochs=1.5)
+    training.train_dp_sgd(lm, rows, schedule, learning_rate=1e-2, mode="hooks", physical_batch_size=16,
+                          poisson_rng=np.random.default_rng(0), noise_generator=torch.Generator().manual_seed(0),
+                          delta=1e-5, progress=True)
+    shown = capsys.readouterr().err
+    assert "DP-SGD" in shown and "epoch=1.50" in shown and "eps=" in shown
+    assert "loss" not in shown
+    assert set(training._progress_fields(schedule, 1, 0.5)) == {"epoch", "eps"}
