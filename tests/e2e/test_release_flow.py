@@ -73,6 +73,9 @@ def check_release(tmp_path: Path, spec_path: Path, release_id: str) -> dict:
     assert meta["spec_digest"] == spec.digest() == manifest["spec_digest"]
     assert float(meta["epsilon"]) <= spec.privacy.epsilon and float(meta["delta"]) == spec.privacy.delta
     assert {"generator", "version", "created_at", "accountant"} <= set(meta)
+    # A caveat next to epsilon exactly when some noise is not from a secure sampler (DP-SGD).
+    assert ("guarantee" in manifest["privacy"]) is (spec.generator.kind != "marginals")
+    assert json.loads(meta["privacy"]).get("guarantee") == manifest["privacy"].get("guarantee")
     frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     assert len(frame) == spec.sampling.rows
     assert rows_valid(frame, spec)  # 100% of rows satisfy the declared schema
@@ -172,4 +175,5 @@ def test_flow_publishes_an_llm_release(tmp_path, safesynth_home, prefect_harness
     assert set(stages) == {"condition", "generator.count", "generator.dp_sgd"}
     assert stages["generator.dp_sgd"]["secure_noise"] is False  # Opacus noise, recorded honestly
     assert manifest["privacy"]["secure_noise"] is False
+    assert manifest["privacy"]["guarantee"].startswith("epsilon holds if torch's RNG is unpredictable")
     assert manifest["privacy"]["epsilon"] <= 4.0
