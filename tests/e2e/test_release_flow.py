@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,17 +127,23 @@ def test_gate_blocks_with_exit_code_3_and_publishes_nothing(tmp_path, safesynth_
 
 
 def test_exhausted_budget_blocks_before_reading_the_source(tmp_path, safesynth_home):
-    spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", privacy={"epsilon": 4.0, "lifetime_epsilon": 6.0})
+    source = tmp_path / "demo.csv"
+    shutil.copyfile(REPO / "data" / "demo.csv", source)
+    spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", privacy={"epsilon": 4.0, "lifetime_epsilon": 6.0},
+                     source=str(source))
     first = run_cli("release", str(spec), "--engine", "local", "--release-id", "r1")
     assert first.exit_code == 0, first.output
-    data = yaml.safe_load(spec.read_text())
-    garbage = tmp_path / "garbage.csv"  # passes the pre-flight checks, fails if it were read: proves it is not
-    garbage.write_bytes(b"\xff\xfe not, a\n\"csv")
-    data["source"] = str(garbage)
-    spec.write_text(yaml.safe_dump(data))
+    # The same source, now garbage: passes the pre-flight checks, fails if it were read: proves it is not.
+    source.write_bytes(b"\xff\xfe not, a\n\"csv")
     second = run_cli("release", str(spec), "--engine", "local", "--release-id", "r2")
     assert second.exit_code == 3, second.output
     assert "budget" in second.output and "remains" in second.output
+    # Renaming the dataset does not reset its budget: the ledger knows the source (exit 2, nothing read).
+    data = yaml.safe_load(spec.read_text())
+    spec.write_text(yaml.safe_dump({**data, "dataset": "demo-renamed"}))
+    third = run_cli("release", str(spec), "--engine", "local", "--release-id", "r3")
+    assert third.exit_code == 2, third.output
+    assert "`dataset` (demo-renamed) must be `demo`" in third.output
     assert [p.parent.name for p in published_files(tmp_path) if p.name == "manifest.json"] == ["r1"]
 
 
