@@ -9,6 +9,9 @@ Commands:
   what is spent). Specs must then declare the same lifetime.
 * ``abandon DATASET RELEASE_ID``: close an in-flight attempt whose process is gone (e.g. it crashed on
   another host): "failed" at its plan if it read data, else "cancelled".
+* ``rebind DATASET --source-key KEY``: bind the dataset's budget to another source (the data moved). A
+  release is refused when its source is budgeted under another dataset name, or its dataset under
+  another source; the refusal prints the key to pass here.
 
 Every command takes ``--ledger-url``; without it the ledger is ``$SAFESYNTH_LEDGER_URL``, else the
 default SQLite file in ``$SAFESYNTH_HOME`` (see :func:`safesynth.privacy.ledger.resolve_ledger_url`).
@@ -134,6 +137,28 @@ def abandon(
                         markup=False)
 
 
+@budget_app.command("rebind")
+def rebind(
+    dataset: Annotated[str, typer.Argument(help="Dataset name (the spec's `dataset`).")],
+    source_key: Annotated[str, typer.Option(
+        "--source-key", help="The new source: the key a refused release printed, or a path or URL.")],
+    ledger_url: LedgerUrl = None,
+) -> None:
+    """Bind a dataset's budget to another source (the data moved); its spends stay."""
+    try:
+        url, source = resolve_with_source(override=ledger_url)
+        existing = Ledger.open_existing(url, source=source)
+        if existing is None:
+            _fail(f"no budget ledger at {display_url(url)}: nothing to rebind", 1)
+        existing.close()
+        with Ledger.open(url, source=source) as book:  # migrates an older ledger (the source columns)
+            summary = book.rebind_source(dataset, source_key)
+    except SafeSynthError as exc:
+        _fail(str(exc), exc.exit_code)
+    Console().print(f"dataset `{dataset}`: budget bound to source {summary.source_key}", highlight=False,
+                    markup=False, soft_wrap=True)
+
+
 def _fmt(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if math.isfinite(value) else "inf"
 
@@ -148,7 +173,8 @@ def _overview(summary: BudgetSummary) -> Table:
     table.add_row("remaining (admits releases)", _fmt(summary.remaining_epsilon), _fmt(summary.remaining_delta, 3))
     table.add_row("[dim]spent (composed RDP; informational)[/dim]", _fmt(summary.spent_epsilon_composed), "")
     table.caption = ("A release is admitted only if the summed spend plus its own fits the lifetime budget; "
-                     "the composed figure is not used for admission.")
+                     "the composed figure is not used for admission. Source: "
+                     f"{escape(summary.source_key or 'not bound yet')}.")
     return table
 
 

@@ -13,6 +13,7 @@ Hierarchy::
     +-- SpecError                       exit 2: the release spec is invalid (names file and key path)
     |   +-- LifetimeMismatchError       the spec's lifetime budget differs from the ledger's
     |   +-- ReleaseIdConflictError      the release id was already used for a different spec
+    |   +-- SourceMismatchError         the source is budgeted under another dataset name, or vice versa
     +-- DataError                       exit 2: the source cannot be read or does not match the spec
     |   +-- SourceReadError             the file is missing, unreadable, empty, malformed or mis-encoded
     |   +-- SchemaValidationError       declared rules failed (names the rules; never values or counts)
@@ -47,6 +48,7 @@ __all__ = [
     "ReleaseInProgressError",
     "SafeSynthError",
     "SchemaValidationError",
+    "SourceMismatchError",
     "SourceReadError",
     "SpecError",
 ]
@@ -70,6 +72,14 @@ class LifetimeMismatchError(SpecError):
 
 class ReleaseIdConflictError(SpecError):
     """The release id was already used by the ledger for a release of a different spec."""
+
+
+class SourceMismatchError(SpecError):
+    """The spec's source is bound in the ledger to another dataset, or its dataset to another source.
+
+    The lifetime budget belongs to the data, not to the name a spec gives it: renaming ``dataset`` must
+    not reset it. An operator moves a binding with ``safesynth budget rebind``.
+    """
 
 
 class DataError(SafeSynthError):

@@ -283,10 +283,32 @@ class ReleaseAccount:
     def secure_noise(self) -> bool:
         return all(s.secure_noise for s in self.spends)
 
+    @property
+    def guarantee(self) -> str | None:
+        """One line saying what the stated epsilon rests on when some noise is not from a secure sampler.
+
+        ``None`` when every stage drew its noise from OpenDP's secure, exact samplers.
+        """
+        insecure = [s for s in self.spends if not s.secure_noise]
+        if not insecure:
+            return None
+        sgd = [s.stage for s in insecure if s.mechanism.startswith("dp-sgd")]
+        other = [s.stage for s in insecure if not s.mechanism.startswith("dp-sgd")]
+        clauses = []
+        if sgd:
+            clauses.append(f"epsilon holds if torch's RNG is unpredictable; DP-SGD noise ({', '.join(sgd)}) is not "
+                           "from a secure sampler")
+        if other:
+            clauses.append(f"noise of {', '.join(other)} is from a seeded, non-secure generator (a test noise "
+                           "source): no guarantee against an adversary who can predict it")
+        return "; ".join(clauses)
+
     def summary(self) -> dict[str, Any]:
         by = {name: self.epsilon_by(name) for name in ACCOUNTANTS} if self.spends else dict.fromkeys(ACCOUNTANTS, 0.0)
         return {
             "epsilon": self.epsilon,
+            # Only when secure_noise is false: what the stated epsilon then rests on (one line).
+            **({} if (guarantee := self.guarantee) is None else {"guarantee": guarantee}),
             "delta": self.delta,
             "accountant": self.accountant,
             "epsilon_rdp": by["rdp"],

@@ -96,14 +96,9 @@ def threshold_for(*, scale: float, delta: float) -> int:
     return m
 
 
-def _scale_for(epsilon: float) -> float:
-    """Laplace scale for sensitivity 1 whose epsilon (1 / scale) never exceeds ``epsilon``."""
-    if not epsilon > 0 or not math.isfinite(epsilon):
-        raise ValueError(f"`epsilon` ({epsilon}) must be finite and > 0")
-    scale = 1.0 / epsilon
-    while 1.0 / scale > epsilon:
-        scale = math.nextafter(scale, math.inf)
-    return scale
+def _count_laplace(epsilon: float) -> LaplaceMechanism:
+    """Discrete Laplace for counts (sensitivity 1) whose OpenDP-mapped epsilon never exceeds ``epsilon``."""
+    return LaplaceMechanism.calibrate(sensitivity=1.0, epsilon=epsilon, discrete=True)
 
 
 def _share(total: float, parts: int) -> float:
@@ -136,7 +131,7 @@ def dp_row_count(
     """
     mech: LaplaceMechanism | GaussianMechanism
     if mechanism == "laplace":
-        mech = LaplaceMechanism(sensitivity=1.0, scale=_scale_for(epsilon), discrete=True)
+        mech = _count_laplace(epsilon)
         spent_epsilon, spent_delta = mech.epsilon, 0.0
     elif mechanism == "gaussian":
         if not delta > 0:
@@ -184,7 +179,7 @@ def discover_categories(
     """
     if not 0.0 < delta < 1.0:
         raise ValueError(f"`delta` ({delta}) must be in (0, 1) for category discovery")
-    mech = LaplaceMechanism(sensitivity=1.0, scale=_scale_for(epsilon), discrete=True)
+    mech = _count_laplace(epsilon)
     tau = 1 + threshold_for(scale=mech.scale, delta=delta)
     counts = values.dropna().astype(str).value_counts(sort=False)
     keys = counts.index.to_numpy(dtype=object)
@@ -243,7 +238,7 @@ def discover_bounds(
         public grid, so the histogram has L1 sensitivity 1; every bin gets discrete Laplace noise of
         scale ``1 / epsilon`` (event ``DiscreteLaplaceDpEvent``). Choosing bins is post-processing.
     """
-    mech = LaplaceMechanism(sensitivity=1.0, scale=_scale_for(epsilon), discrete=True)
+    mech = _count_laplace(epsilon)
     edges = _grid(integer)
     x = np.clip(_as_numbers(values), -np.inf if lower is None else lower, np.inf if upper is None else upper)
     # Bin i covers [edges[i-1], edges[i]); bin 0 and bin len(edges) are the overflow bins.

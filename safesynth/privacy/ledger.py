@@ -36,6 +36,12 @@ unless its owner is provably dead (same machine and pid namespace, and the pid i
 stale attempt is then closed as :meth:`Ledger.abandon` would, and the new one proceeds. Once an attempt is
 published, a new one raises :class:`~safesynth.errors.AlreadyPublishedError`.
 
+Source: the budget belongs to the data, not to the name a spec gives it. Each dataset is bound, by its
+first reservation, to the normalised identity of its source (:mod:`safesynth.privacy.source_identity`);
+a reservation whose source is bound to another dataset, or whose dataset is bound to another source, is
+refused (:class:`~safesynth.errors.SourceMismatchError`, exit 2). The operator moves a binding with
+:meth:`Ledger.rebind_source` (``safesynth budget rebind``).
+
 Lifetime: the first reservation of a dataset records its lifetime (epsilon, delta). A later spec that
 declares a different one is refused (:class:`~safesynth.errors.LifetimeMismatchError`); the operator changes
 it with :meth:`Ledger.set_lifetime` (``safesynth budget set-lifetime``), never below what is spent.
@@ -63,6 +69,7 @@ from safesynth.errors import (
     LedgerError,
     PrivacyError,
     ReleaseInProgressError,
+    SourceMismatchError,
     SpecError,
 )
 from safesynth.owner import Owner
@@ -77,6 +84,7 @@ from safesynth.privacy.ledger_records import (
     check_amounts,
     check_digest,
     check_lifetime,
+    check_source,
     composed_epsilon,
     fits,
     now,
@@ -89,6 +97,7 @@ from safesynth.privacy.ledger_records import (
 )
 from safesynth.privacy.ledger_store import default_url, resolve_ledger_url
 from safesynth.privacy.planner import BudgetPlan
+from safesynth.privacy.source_identity import SourceIdentity, alias_is_live, source_identity
 from safesynth.spec import ReleaseSpec
 
 __all__ = [
@@ -155,10 +164,12 @@ def _from(source: str) -> str:
 class Ledger:
     """The budget ledger behind one SQLAlchemy engine. Use :meth:`open`; thread-safe; close when done."""
 
-    def __init__(self, engine: Engine, *, retry_for: float = 60.0, owner_column: bool = True) -> None:
+    def __init__(self, engine: Engine, *, retry_for: float = 60.0, missing: frozenset[str] = frozenset()) -> None:
         self._engine = engine
         self._retry_for = retry_for
-        self._columns = [c for c in _releases.c if owner_column or c.name != "owner"]
+        # An older ledger opened read-only lacks the newer columns (``missing``): never select them.
+        self._columns = [c for c in _releases.c if c.name not in missing]
+        self._dataset_columns = [c for c in _datasets.c if c.name not in missing]
 
     # Opening ----------------------------------------------------------------------------------
 
@@ -216,7 +227,7 @@ class Ledger:
         if not found:
             engine.dispose()
             return None
-        return cls(engine, owner_column="owner" not in missing)
+        return cls(engine, missing=frozenset(missing))
 
     @classmethod
     def for_spec(cls, spec: ReleaseSpec) -> Ledger:
@@ -252,16 +263,19 @@ class Ledger:
     # Reserving --------------------------------------------------------------------------------
 
     def reserve_for_spec(self, spec: ReleaseSpec, *, release_id: str, plan: BudgetPlan) -> Reservation:
-        """:meth:`reserve` the plan of a release of ``spec``, with the spec's digest and lifetime.
+        """:meth:`reserve` the plan of a release of ``spec``, with the spec's digest, lifetime and source.
 
         An undeclared ``privacy.lifetime_delta`` (derived from the release's epsilon and delta) only sets
-        the lifetime of a new dataset; it never conflicts with the recorded one.
+        the lifetime of a new dataset; it never conflicts with the recorded one. The source's identity
+        (:func:`~safesynth.privacy.source_identity.source_identity` of ``spec.source_uri``) binds the
+        budget to the data, whatever ``dataset`` is called.
         """
         return self.reserve(
             dataset=spec.dataset, release_id=release_id, spec_digest=spec.digest(), epsilon=plan.epsilon,
             delta=plan.delta, lifetime_epsilon=spec.privacy.lifetime_epsilon,
             lifetime_delta=spec.privacy.effective_lifetime_delta, accountant=plan.accountant,
             lifetime_delta_declared=spec.privacy.lifetime_delta is not None,
+            source=source_identity(spec.source_uri),
         )
 
     def reserve(
@@ -276,6 +290,7 @@ class Ledger:
         lifetime_delta: float,
         accountant: str,
         lifetime_delta_declared: bool = True,
+        source: SourceIdentity | None = None,
     ) -> Reservation:
         """Atomically claim (epsilon, delta) of the dataset's lifetime budget for a new release attempt.
 
@@ -284,8 +299,12 @@ class Ledger:
         Args:
             lifetime_delta_declared: False when ``lifetime_delta`` is a default the spec derived, not a
                 declared value: it then only sets the lifetime of a dataset seen for the first time.
+            source: the identity of the data read; bound to ``dataset`` by its first reservation.
+                ``None`` checks nothing (callers without a spec, such as tests of the budget rules).
 
         Raises:
+            SourceMismatchError: ``source`` is bound to another dataset, or ``dataset`` to another
+                source (exit 2).
             LifetimeMismatchError: the lifetime differs from the recorded one (exit 2).
             ReleaseIdConflictError: ``release_id`` was used for a different spec digest (exit 2).
             AlreadyPublishedError: an attempt of ``release_id`` is already published (exit 0).
@@ -304,6 +323,7 @@ class Ledger:
         def body(conn: Connection) -> Reservation:
             stored = self._lock_dataset(conn, dataset)
             check_lifetime(stored, lifetime_epsilon, lifetime_delta if lifetime_delta_declared else None)
+            self._bind_source(conn, stored, source)
             attempts = self._rows(conn, dataset, release_id)
             for row in attempts:
                 if (o := owner_of(row)) is not None and o.token == owner.token:
@@ -353,6 +373,26 @@ class Ledger:
         log.warning("ledger: closed attempt %s of release %s as %s: %s", row["attempt"], row["release_id"],
                     values["status"], why)
 
+    def _bind_source(self, conn: Connection, stored: RowMapping, source: SourceIdentity | None) -> None:
+        """Check ``source`` against the bindings (see :func:`check_source`) and bind it to the dataset."""
+        if source is None or "source_key" not in stored:
+            return
+        dataset = stored["dataset"]
+        others = _datasets.c.dataset != dataset
+        holder = conn.execute(select(_datasets.c.dataset).where(_datasets.c.source_key == source.key, others)
+                              ).scalars().first()
+        alias = None
+        if source.inode is not None:
+            aliases = conn.execute(select(_datasets.c.dataset, _datasets.c.source_key).where(
+                _datasets.c.source_inode == source.inode, others)).all()
+            alias = next((name for name, key in aliases if key and alias_is_live(key, source.inode)), None)
+        check_source(dataset, stored["source_key"], source, holder=holder, alias=alias)
+        values = {"source_key": source.key} if stored["source_key"] is None else {}
+        if source.inode is not None and source.inode != stored["source_inode"]:
+            values["source_inode"] = source.inode  # a refreshed file at the same path: a new inode
+        if values:
+            conn.execute(update(_datasets).where(_datasets.c.dataset == dataset).values(**values))
+
     def _ensure_dataset(self, dataset: str, lifetime_epsilon: float, lifetime_delta: float) -> None:
         def body(conn: Connection) -> None:
             if conn.execute(select(_datasets.c.dataset).where(_datasets.c.dataset == dataset)).first():
@@ -366,10 +406,9 @@ class Ledger:
             if not isinstance(exc.__cause__, IntegrityError):
                 raise  # an IntegrityError means another process created it first: fine
 
-    @staticmethod
-    def _lock_dataset(conn: Connection, dataset: str) -> RowMapping:
+    def _lock_dataset(self, conn: Connection, dataset: str) -> RowMapping:
         row = conn.execute(
-            select(_datasets).where(_datasets.c.dataset == dataset).with_for_update()
+            select(*self._dataset_columns).where(_datasets.c.dataset == dataset).with_for_update()
         ).mappings().one_or_none()
         if row is None:
             raise LedgerError(f"no budget recorded for dataset `{dataset}`")
@@ -521,7 +560,7 @@ class Ledger:
         """
 
         def body(conn: Connection) -> None:
-            stored = conn.execute(select(_datasets).where(_datasets.c.dataset == dataset)
+            stored = conn.execute(select(*self._dataset_columns).where(_datasets.c.dataset == dataset)
                                   .with_for_update()).mappings().one_or_none()
             if stored is None:
                 if delta is None:
@@ -543,6 +582,36 @@ class Ledger:
         self._run(body, what="setting the lifetime budget")
         log.warning("ledger: lifetime budget of dataset %s set to epsilon %.6g%s", dataset, epsilon,
                     "" if delta is None else f", delta {delta:.3g}")
+        return self.summary(dataset)
+
+    def rebind_source(self, dataset: str, source: str) -> BudgetSummary:
+        """Bind ``dataset``'s budget to another source (operator command), e.g. after the data moved.
+
+        Args:
+            dataset: a dataset with a recorded budget.
+            source: the new source: a key printed by the ledger, or a path (relative to the current
+                directory) or URL, normalised as :func:`~safesynth.privacy.source_identity.source_identity`
+                does (a key is its own normal form).
+
+        Raises:
+            SourceMismatchError: another dataset is bound to that source (rebind it first).
+            LedgerError: no budget is recorded for ``dataset``.
+        """
+        identity = source_identity(source)
+
+        def body(conn: Connection) -> None:
+            self._lock_dataset(conn, dataset)
+            holder = conn.execute(select(_datasets.c.dataset).where(
+                _datasets.c.source_key == identity.key, _datasets.c.dataset != dataset)).scalars().first()
+            if holder is not None:
+                raise SourceMismatchError(
+                    f"`--source-key` ({identity.key}) must not be bound to another dataset: it is the source of "
+                    f"dataset `{holder}`; rebind `{holder}` first")
+            conn.execute(update(_datasets).where(_datasets.c.dataset == dataset).values(
+                source_key=identity.key, source_inode=identity.inode))
+
+        self._run(body, what="rebinding the source")
+        log.warning("ledger: dataset %s bound to source %s by the operator", dataset, identity.key)
         return self.summary(dataset)
 
     # Reading ----------------------------------------------------------------------------------
@@ -576,7 +645,8 @@ class Ledger:
         """
 
         def body(conn: Connection) -> tuple[RowMapping, list[RowMapping]]:
-            stored = conn.execute(select(_datasets).where(_datasets.c.dataset == dataset)).mappings().one_or_none()
+            stored = conn.execute(select(*self._dataset_columns).where(_datasets.c.dataset == dataset)
+                                  ).mappings().one_or_none()
             if stored is None:
                 raise LedgerError(f"no budget recorded for dataset `{dataset}`")
             return stored, self._rows(conn, dataset)
@@ -591,6 +661,7 @@ class Ledger:
             spent_epsilon_basic=budget.spent_epsilon, spent_delta_basic=budget.spent_delta,
             spent_epsilon_composed=composed, remaining_epsilon=budget.remaining_epsilon,
             remaining_delta=budget.remaining_delta, releases=tuple(record_of(r) for r in rows),
+            source_key=stored.get("source_key"),
         )
 
 

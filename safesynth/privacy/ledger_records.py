@@ -49,9 +49,22 @@ from typing import Any
 from dp_accounting.dp_event import DpEvent
 from sqlalchemy.engine import RowMapping
 
+<<<<<<< HEAD
 from safesynth.errors import BudgetExceededError, LedgerError, LifetimeMismatchError, ReleaseIdConflictError
 from safesynth.owner import Owner
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon, pure_dp_event
+=======
+from safesynth.errors import (
+    BudgetExceededError,
+    LedgerError,
+    LifetimeMismatchError,
+    ReleaseIdConflictError,
+    SourceMismatchError,
+)
+from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon, pure_dp_event
+from safesynth.privacy.ledger_store import Owner
+from safesynth.privacy.source_identity import SourceIdentity
+>>>>>>> wt/small8
 
 __all__ = ["BudgetSummary", "ReleaseRecord", "Reservation"]
 
@@ -137,6 +150,7 @@ class BudgetSummary:
     remaining_epsilon: float
     remaining_delta: float
     releases: tuple[ReleaseRecord, ...]
+    source_key: str | None = None  # the source the budget is bound to (None: no release bound it yet)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "releases"}
@@ -282,6 +296,33 @@ def check_lifetime(stored: RowMapping, epsilon: float, delta: float | None) -> N
     raise LifetimeMismatchError(
         f"{said} of dataset `{dataset}`; to change the lifetime run `safesynth budget set-lifetime {dataset} "
         f"{options}`, or set the spec back")
+
+
+def check_source(dataset: str, recorded: str | None, source: SourceIdentity, *, holder: str | None,
+                 alias: str | None) -> None:
+    """Refuse a source budgeted under another dataset name, or a dataset bound to another source.
+
+    Args:
+        dataset: the dataset being reserved.
+        recorded: the source key recorded for it (``None``: not bound yet; this reservation binds it).
+        source: the source the spec reads.
+        holder: another dataset already bound to ``source.key``, if any.
+        alias: another dataset bound to the same local file under another path (hard link, bind mount).
+    """
+    rename = "(the lifetime budget follows the data, not the name)"
+    if holder is not None:
+        raise SourceMismatchError(
+            f"`dataset` ({dataset}) must be `{holder}`: source {source.key} is already budgeted as dataset "
+            f"`{holder}` {rename}; if `{holder}` moved to other data, run `safesynth budget rebind {holder} "
+            "--source-key NEW_SOURCE` first")
+    if alias is not None:
+        raise SourceMismatchError(
+            f"`dataset` ({dataset}) must be `{alias}`: source {source.key} is the same file (device and inode) "
+            f"as the source of dataset `{alias}` {rename}")
+    if recorded is not None and recorded != source.key:
+        raise SourceMismatchError(
+            f"`source` ({source.key}) must be the source recorded for dataset `{dataset}` ({recorded}); if the "
+            f"data moved, run `safesynth budget rebind {dataset} --source-key {source.key}`")
 
 
 def check_digest(attempts: Sequence[Any], release_id: str, digest: str) -> None:

@@ -34,6 +34,7 @@ from sqlalchemy import (
     Double,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -73,7 +74,12 @@ datasets = Table(
     Column("lifetime_epsilon", Double, nullable=False),
     Column("lifetime_delta", Double, nullable=False),
     Column("created_at", DateTime, nullable=False),
+    # Added in 0.3 (migrated by ALTER TABLE): the source the dataset's budget is bound to, see
+    # safesynth.privacy.source_identity. One dataset per key (unique index below; NULLs do not collide).
+    Column("source_key", Text, nullable=True),
+    Column("source_inode", String(64), nullable=True),
 )
+source_key_index = Index("uq_safesynth_dataset_source_key", datasets.c.source_key, unique=True)
 releases = Table(
     "safesynth_budget_releases",
     metadata,
@@ -97,8 +103,9 @@ releases = Table(
     Column("owner", Text, nullable=True),
     UniqueConstraint("dataset", "release_id", "attempt", name="uq_safesynth_release_attempt"),
 )
-#: Columns added after the first schema: (name, SQL type), added to existing ledgers when missing.
-_MIGRATIONS = (("owner", "TEXT"),)
+#: Columns added after the first schema: (table, name, SQL type), added to existing ledgers when missing.
+_MIGRATIONS = ((releases, "owner", "TEXT"), (datasets, "source_key", "TEXT"),
+               (datasets, "source_inode", "VARCHAR(64)"))
 
 # ------------------------------------------------------------------------------------------------ URLs
 
@@ -257,18 +264,22 @@ def prepare_schema(conn: Connection, *, create: bool) -> bool:
         if not create:
             return False
         metadata.create_all(conn)
-    present = {c["name"] for c in inspect(conn).get_columns(releases.name)}
-    for name, sql_type in _MIGRATIONS:
-        if name not in present:
+    missing = missing_columns(conn)
+    for table, name, sql_type in _MIGRATIONS:
+        if name in missing:
             exists = " IF NOT EXISTS" if conn.dialect.name == "postgresql" else ""
-            conn.exec_driver_sql(f"ALTER TABLE {releases.name} ADD COLUMN{exists} {name} {sql_type}")
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN{exists} {name} {sql_type}")
+    source_key_index.create(conn, checkfirst=True)
     return True
 
 
 def missing_columns(conn: Connection) -> set[str]:
-    """Columns of :data:`releases` an older ledger does not have yet (read-only opens skip them)."""
-    present = {c["name"] for c in inspect(conn).get_columns(releases.name)}
-    return {name for name, _ in _MIGRATIONS} - present
+    """Columns added since the first schema that an older ledger does not have yet (read-only opens
+    skip them). Their names are unique across the tables."""
+    inspector = inspect(conn)
+    present = {table.name: {c["name"] for c in inspector.get_columns(table.name)}
+               for table in (datasets, releases)}
+    return {name for table, name, _ in _MIGRATIONS if name not in present[table.name]}
 
 
 # --------------------------------------------------------------------------------------------- retries

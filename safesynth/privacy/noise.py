@@ -17,10 +17,14 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+<<<<<<< HEAD
 if TYPE_CHECKING:  # opendp is imported on first use
     from opendp.mod import Measurement
 
 __all__ = ["NoiseSource", "OpenDPNoise", "SeededNoise", "default_noise"]
+=======
+__all__ = ["NoiseSource", "OpenDPNoise", "SeededNoise", "default_noise", "privacy_map"]
+>>>>>>> wt/small8
 
 
 @runtime_checkable
@@ -59,6 +63,28 @@ def _measurement(kind: str, scale: float, discrete: bool) -> Measurement:
     make = dp.m.make_laplace if kind == "laplace" else dp.m.make_gaussian
     measurement: Measurement = make(domain, metric, scale=float(scale))
     return measurement
+
+
+def privacy_map(kind: str, *, scale: float, d_in: float, discrete: bool = False) -> float:
+    """OpenDP's own privacy map of the measurement :class:`OpenDPNoise` draws ``kind`` noise with.
+
+    Args:
+        kind: ``laplace`` (the map gives a pure epsilon, ``MaxDivergence``) or ``gaussian`` (a zCDP
+            ``rho``, ``ZeroConcentratedDivergence``).
+        scale: the noise scale.
+        d_in: the sensitivity, in the measurement's input metric (L1 for Laplace, L2 for Gaussian); an
+            integer for ``discrete`` (rounded up here, which only overstates the cost).
+        discrete: integer noise (discrete Laplace or Gaussian) on an integer vector.
+
+    Returns:
+        The privacy loss OpenDP proves for neighbours at distance ``d_in``, rounded up by OpenDP where a
+        float computation would round (its float-safe arithmetic), so never below ``d_in / scale`` (or
+        ``d_in^2 / (2 scale^2)``).
+    """
+    if not scale > 0 or not np.isfinite(scale):
+        raise ValueError(f"`scale` ({scale}) must be finite and > 0")
+    meas = _measurement(kind, float(scale), discrete)
+    return float(meas.map(int(np.ceil(d_in)) if discrete else float(d_in)))
 
 
 class OpenDPNoise:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,9 @@ def check_release(tmp_path: Path, spec_path: Path, release_id: str) -> dict:
     assert meta["spec_digest"] == spec.digest() == manifest["spec_digest"]
     assert float(meta["epsilon"]) <= spec.privacy.epsilon and float(meta["delta"]) == spec.privacy.delta
     assert {"generator", "version", "created_at", "accountant"} <= set(meta)
+    # A caveat next to epsilon exactly when some noise is not from a secure sampler (DP-SGD).
+    assert ("guarantee" in manifest["privacy"]) is (spec.generator.kind != "marginals")
+    assert json.loads(meta["privacy"]).get("guarantee") == manifest["privacy"].get("guarantee")
     frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     assert len(frame) == spec.sampling.rows
     assert rows_valid(frame, spec)  # 100% of rows satisfy the declared schema
@@ -125,17 +129,23 @@ def test_gate_blocks_with_exit_code_3_and_publishes_nothing(tmp_path, safesynth_
 
 
 def test_exhausted_budget_blocks_before_reading_the_source(tmp_path, safesynth_home):
-    spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", privacy={"epsilon": 4.0, "lifetime_epsilon": 6.0})
+    source = tmp_path / "demo.csv"
+    shutil.copyfile(REPO / "data" / "demo.csv", source)
+    spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", privacy={"epsilon": 4.0, "lifetime_epsilon": 6.0},
+                     source=str(source))
     first = run_cli("release", str(spec), "--engine", "local", "--release-id", "r1")
     assert first.exit_code == 0, first.output
-    data = yaml.safe_load(spec.read_text())
-    garbage = tmp_path / "garbage.csv"  # passes the pre-flight checks, fails if it were read: proves it is not
-    garbage.write_bytes(b"\xff\xfe not, a\n\"csv")
-    data["source"] = str(garbage)
-    spec.write_text(yaml.safe_dump(data))
+    # The same source, now garbage: passes the pre-flight checks, fails if it were read: proves it is not.
+    source.write_bytes(b"\xff\xfe not, a\n\"csv")
     second = run_cli("release", str(spec), "--engine", "local", "--release-id", "r2")
     assert second.exit_code == 3, second.output
     assert "budget" in second.output and "remains" in second.output
+    # Renaming the dataset does not reset its budget: the ledger knows the source (exit 2, nothing read).
+    data = yaml.safe_load(spec.read_text())
+    spec.write_text(yaml.safe_dump({**data, "dataset": "demo-renamed"}))
+    third = run_cli("release", str(spec), "--engine", "local", "--release-id", "r3")
+    assert third.exit_code == 2, third.output
+    assert "`dataset` (demo-renamed) must be `demo`" in third.output
     assert [p.parent.name for p in published_files(tmp_path) if p.name == "manifest.json"] == ["r1"]
 
 
@@ -174,4 +184,5 @@ def test_flow_publishes_an_llm_release(tmp_path, safesynth_home, prefect_harness
     assert set(stages) == {"condition", "repairs", "generator.count", "generator.dp_sgd"}
     assert stages["generator.dp_sgd"]["secure_noise"] is False  # Opacus noise, recorded honestly
     assert manifest["privacy"]["secure_noise"] is False
+    assert manifest["privacy"]["guarantee"].startswith("epsilon holds if torch's RNG is unpredictable")
     assert manifest["privacy"]["epsilon"] <= 4.0

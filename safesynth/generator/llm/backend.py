@@ -8,15 +8,15 @@ Stages spent (all recorded in the release account):
   sets the DP-SGD sample rate and number of steps, so the true row count never reaches the model.
 * ``generator.dp_sgd``: DP-SGD calibrated by our accountant to the rest of the generator stage.
 
-Randomness: model initialisation, column orders and sampling come from the spec's seed; the DP-SGD noise
-and the Poisson sampling mask come from generators seeded from OS entropy (or, only when the injected
-noise source is a test source with ``secure = False``, from the spec's seed so tests are reproducible).
+Randomness: model initialisation and sampling come from the spec's seed; the DP-SGD mechanism's own
+randomness (the Poisson sampling mask, the training column orders with ``random_column_order`` and the
+Gaussian noise) comes from generators seeded from OS entropy (or, only when the injected noise source is a
+test source with ``secure = False``, from the spec's seed so tests are reproducible).
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from safesynth.generator.llm.training import (
     release_row_count,
     schedule_dp_sgd,
     train_dp_sgd,
+    training_rngs,
 )
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon
 from safesynth.privacy.mechanisms import LaplaceMechanism, make_mechanism
@@ -124,17 +125,6 @@ def release_condition_histogram(
     return hist, spend
 
 
-def _private_rngs(noise: NoiseSource, seed: int) -> tuple[np.random.Generator, torch.Generator, str]:
-    """RNGs of the DP-SGD mechanism (Poisson mask, Gaussian noise): secret seeds unless testing."""
-    if noise.secure:
-        poisson, gaussian = secrets.randbits(128), secrets.randbits(63)
-        source = "os-entropy"
-    else:
-        poisson, gaussian = seed + 0x5EED, seed + 0x6A55
-        source = "spec-seed (insecure test noise source)"
-    return np.random.default_rng(poisson), torch.Generator().manual_seed(gaussian), source
-
-
 def _sgd_spend(schedule: DPSGDSchedule, *, delta: float, accountant: str, detail: dict[str, Any]) -> StageSpend:
     epsilon = compose_epsilon([schedule.event()], delta=delta, accountant=accountant)
     return StageSpend(stage="generator.dp_sgd", event=schedule.event(), epsilon=epsilon, delta=delta,
@@ -180,9 +170,13 @@ class LLMBackend:
             location = spec.resolve(gen.model)  # a path relative to the spec file, else a hub id
             lm = load_language_model(location if Path(location).exists() else gen.model, codec.symbols,
                                      seed=spec.sampling.seed, lora=gen.lora)
+<<<<<<< HEAD
         train = repair_records(train, spec).frame  # records outside the domains: clamped, nulled or dropped
+=======
+        rngs = training_rngs(secure=bool(noise.secure), seed=spec.sampling.seed)
+>>>>>>> wt/small8
         rows = TrainingRows(codec, grammar, codec.encode_cells(train), lm=lm, order=order,
-                            random_order=gen.random_column_order, seed=spec.sampling.seed)
+                            order_rng=rngs.column_order if gen.random_column_order else None)
         condition = None
         if condition_codec is not None:
             condition, spend = release_condition_histogram(train, condition_codec, spec=spec, plan=plan, noise=noise)
@@ -192,14 +186,13 @@ class LLMBackend:
         schedule = schedule_dp_sgd(noisy_rows=noisy_rows, batch_size=gen.batch_size, epochs=gen.epochs,
                                    max_grad_norm=gen.max_grad_norm, epsilon=(1 - COUNT_FRACTION) * stage.epsilon,
                                    delta=stage.delta, accountant=plan.accountant)
-        poisson_rng, noise_generator, rng_source = _private_rngs(noise, spec.sampling.seed)
         sgd_spend = _sgd_spend(schedule, delta=stage.delta, accountant=plan.accountant,
-                               detail={"grad_sample_mode": gen.grad_sample_mode, "rng_seeding": rng_source})
+                               detail={"grad_sample_mode": gen.grad_sample_mode, "rng_seeding": rngs.source})
         account.add(sgd_spend)  # committed before the first noisy step
         with torch_threads():
             train_dp_sgd(lm, rows, schedule, learning_rate=gen.learning_rate, mode=gen.grad_sample_mode,
-                         physical_batch_size=gen.physical_batch_size, poisson_rng=poisson_rng,
-                         noise_generator=noise_generator, accountant=plan.accountant, delta=stage.delta)
+                         physical_batch_size=gen.physical_batch_size, poisson_rng=rngs.poisson,
+                         noise_generator=rngs.noise, accountant=plan.accountant, delta=stage.delta)
         lm.model = merged(lm.model)
         spends = [s for s in account.spends if s.stage in ("condition", "generator.count", "generator.dp_sgd")]
         privacy = {"stages": [{k: v for k, v in s.to_dict().items() if k != "detail"} for s in spends],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import sys
 import time
 import warnings
@@ -44,11 +45,13 @@ if TYPE_CHECKING:  # opacus is imported lazily (and is untyped: these names are 
 __all__ = [
     "Batch",
     "DPSGDSchedule",
+    "TrainingRNGs",
     "TrainingRows",
     "release_row_count",
     "schedule_dp_sgd",
     "sequence_losses",
     "train_dp_sgd",
+    "training_rngs",
 ]
 
 #: Share of the generator stage's epsilon spent on the noisy row count that sets the sample rate.
@@ -119,6 +122,38 @@ def schedule_dp_sgd(
                          max_grad_norm=max_grad_norm, expected_batch_size=batch_size, epochs=epochs)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingRNGs:
+    """The randomness of the DP-SGD mechanism itself: which records a step sees, and how.
+
+    The Poisson mask, the column orders records are trained on and the Gaussian noise all shape the
+    released model together with the private rows. A public seed would let an adversary replay the
+    mask and the orders, so in a release all three are seeded from OS entropy (``secrets``).
+    """
+
+    poisson: np.random.Generator
+    column_order: np.random.Generator
+    noise: torch.Generator
+    source: str  # how they were seeded, for the account (never the seeds)
+
+
+def training_rngs(*, secure: bool, seed: int) -> TrainingRNGs:
+    """Secret generators for DP-SGD; seeded from ``seed`` only for an insecure test noise source.
+
+    Args:
+        secure: The release's noise source is secure (every real release): seed from OS entropy.
+        seed: The spec's public seed, used only when ``secure`` is false so tests are reproducible.
+    """
+    if secure:
+        poisson, order, gaussian = secrets.randbits(128), secrets.randbits(128), secrets.randbits(63)
+        source = "os-entropy"
+    else:
+        poisson, order, gaussian = seed + 0x5EED, seed + 0x0DE7, seed + 0x6A55
+        source = "spec-seed (insecure test noise source)"
+    return TrainingRNGs(poisson=np.random.default_rng(poisson), column_order=np.random.default_rng(order),
+                        noise=torch.Generator().manual_seed(gaussian), source=source)
+
+
 @dataclass(slots=True, kw_only=True)
 class Batch:
     """Teacher-forcing tensors for a list of records."""
@@ -134,13 +169,18 @@ class TrainingRows:
     """Encoded records and how to turn a list of record indices into a :class:`Batch`."""
 
     def __init__(self, codec: RowCodec, grammar: Grammar, cells: list[list[Cell]], *, lm: LanguageModel,
-                 order: list[int], random_order: bool, seed: int) -> None:
+                 order: list[int], order_rng: np.random.Generator | None = None) -> None:
+        """``order_rng`` set: each record of a batch is trained on its own random column order.
+
+        The orders are part of the DP-SGD mechanism's randomness (which record gets which order depends
+        on the Poisson batch), so ``order_rng`` must be secret: :attr:`TrainingRNGs.column_order`.
+        """
         self.codec, self.grammar, self.cells, self.lm = codec, grammar, cells, lm
         self.order = np.asarray(order)
-        self.random_order = random_order
-        if random_order and not codec.names:
+        self.random_order = order_rng is not None
+        if self.random_order and not codec.names:
             raise ValueError("random column orders need the column-name tokens (a codec with names=True)")
-        self._rng = np.random.default_rng([seed, 0x0DE7])  # column orders: data-independent randomness
+        self._rng = order_rng
         self.identity = lm.identity_vocab
         # Sequence lengths only decide how a Poisson batch is cut into physical chunks (memory); the
         # summed clipped gradient, and so the released model, is the same however it is cut.
@@ -154,7 +194,7 @@ class TrainingRows:
 
     def batch(self, index: np.ndarray) -> Batch:
         orders = np.tile(self.order, (len(index), 1))
-        if self.random_order:
+        if self._rng is not None:
             orders = self._rng.permuted(orders, axis=1)
         seqs = [self.codec.assemble(self.cells, int(i), o) for i, o in zip(index, orders, strict=True)]
         length = max(len(s) for s in seqs)
@@ -208,7 +248,10 @@ def _noise_only(gsm: GradSampleModule, optimizer: DPOptimizer, mode: str) -> Non
 
 def dp_step(gsm: GradSampleModule, optimizer: DPOptimizer, rows: TrainingRows, index: np.ndarray, *, mode: str,
             physical_batch_size: int) -> float:
-    """One DP-SGD step on a Poisson batch, in physical chunks; returns the batch's summed loss."""
+    """One DP-SGD step on a Poisson batch, in physical chunks; returns the batch's summed loss.
+
+    The returned loss is unnoised, a statistic of the private rows: for tests only, never to be shown.
+    """
     from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
     if len(index) == 0:
@@ -244,6 +287,11 @@ def _chunks(rows: TrainingRows, index: np.ndarray, physical_batch_size: int) -> 
         chunks.append(index[start:stop])
         start = stop
     return chunks
+
+
+def _progress_fields(schedule: DPSGDSchedule, steps_done: int, epsilon_spent: float) -> dict[str, str]:
+    """What the progress bar shows: public figures of the schedule only (no loss, no batch size)."""
+    return {"epoch": f"{steps_done * schedule.sample_rate:.2f}", "eps": f"{epsilon_spent:.3f}"}
 
 
 def _lr_lambda(steps: int) -> Callable[[int], float]:
@@ -288,9 +336,10 @@ def train_dp_sgd(
         clipped to ``max_grad_norm``; Gaussian noise of std ``noise_multiplier * max_grad_norm`` is added
         to the sum of clipped gradients at every step, empty Poisson batches included). The caller
         records the spend. The noise comes from ``noise_generator`` (torch, not a CSPRNG).
-        The progress bar shows the batch loss to the operator's terminal only (off when stderr is not
-        a TTY, unless ``progress=True`` or ``SAFESYNTH_PROGRESS=1``); it is never logged, stored or
-        returned.
+        The progress bar (off when stderr is not a TTY, unless ``progress=True`` or
+        ``SAFESYNTH_PROGRESS=1``) shows only public figures: steps, epochs and the epsilon spent so far,
+        all functions of the schedule. No loss or batch size (statistics of the private rows) is shown,
+        logged, stored or returned.
     """
     model = lm.model
     start = time.perf_counter()
@@ -308,13 +357,13 @@ def train_dp_sgd(
         try:
             for step in range(schedule.steps):
                 index = np.flatnonzero(poisson_rng.random(len(rows)) < schedule.sample_rate)
-                total = dp_step(gsm, optimizer, rows, index, mode=mode, physical_batch_size=physical_batch_size)
+                # The unnoised loss is a statistic of the private rows: it is discarded, never shown.
+                dp_step(gsm, optimizer, rows, index, mode=mode, physical_batch_size=physical_batch_size)
                 scheduler.step()
                 bar.update(1)
                 if not bar.disable and (step % every == 0 or step == schedule.steps - 1):
                     spent = compose_epsilon([schedule.event(step + 1)], delta=delta, accountant=accountant)
-                    bar.set_postfix(epoch=f"{(step + 1) * schedule.sample_rate:.2f}",
-                                    loss=f"{total / max(1, len(index)):.3f}", eps=f"{spent:.3f}")
+                    bar.set_postfix(_progress_fields(schedule, step + 1, spent))
         finally:
             bar.close()
             gsm.cleanup()

@@ -210,3 +210,21 @@ def test_calibrated_noise_never_overshoots_target_epsilon(epsilon, delta_exp, sa
     delta = 10.0**delta_exp
     sigma = calibrate_noise_multiplier(lambda m: dpsgd(m, sample_rate, steps), epsilon=epsilon, delta=delta)
     assert compose_epsilon([dpsgd(sigma, sample_rate, steps)], delta=delta) <= epsilon
+
+
+def test_guarantee_caveat_appears_next_to_epsilon_only_without_secure_noise():
+    secure = ReleaseAccount(delta=1e-5, spends=[_spend("generator.count", dp_event.LaplaceDpEvent(5.0), 0.2)])
+    assert secure.guarantee is None and "guarantee" not in secure.summary()
+    sgd = StageSpend(stage="generator.dp_sgd", event=dpsgd(1.0, 0.01, 100), epsilon=1.0, delta=1e-5,
+                     mechanism="dp-sgd (poisson-subsampled gaussian)", secure_noise=False)
+    account = ReleaseAccount(delta=1e-5, spends=[*secure.spends, sgd])
+    summary = account.summary()
+    assert summary["secure_noise"] is False
+    assert summary["guarantee"] == ("epsilon holds if torch's RNG is unpredictable; DP-SGD noise "
+                                    "(generator.dp_sgd) is not from a secure sampler")
+    assert list(summary).index("guarantee") == list(summary).index("epsilon") + 1
+    seeded = StageSpend(stage="condition", event=dp_event.LaplaceDpEvent(2.0), epsilon=0.5, delta=0.0,
+                        mechanism="laplace", secure_noise=False)
+    mixed = ReleaseAccount(delta=1e-5, spends=[sgd, seeded]).guarantee
+    assert mixed is not None and "\n" not in mixed
+    assert "(generator.dp_sgd)" in mixed and "noise of condition is from a seeded, non-secure generator" in mixed

@@ -96,3 +96,23 @@ def test_commit_retries_through_a_held_row_lock_on_postgresql(pg_url):
         assert time.monotonic() - started >= 1.0
         proc.join(timeout=60)
         assert ledger.find("adult", "r1")[0].status == "published"
+
+
+def test_source_bindings_and_their_migration_on_postgresql(pg_url, tmp_path):
+    from safesynth.errors import SourceMismatchError
+    from safesynth.privacy.source_identity import source_identity
+
+    data = tmp_path / "data.csv"
+    data.write_text("x\n1\n")
+    source = source_identity(str(data))
+    with Ledger.open(pg_url) as ledger:
+        reserve(ledger, "r1")
+        with ledger._engine.begin() as conn:  # the 0.2 schema
+            conn.execute(text("DROP INDEX uq_safesynth_dataset_source_key"))
+            conn.execute(text("ALTER TABLE safesynth_budget_datasets DROP COLUMN source_key"))
+            conn.execute(text("ALTER TABLE safesynth_budget_datasets DROP COLUMN source_inode"))
+    with Ledger.open(pg_url) as ledger:
+        reserve(ledger, "r2", source=source)
+        with pytest.raises(SourceMismatchError, match="must be `adult`"):
+            reserve(ledger, "r1", dataset="renamed", source=source)
+        assert ledger.summary("adult").source_key == source.key

@@ -18,7 +18,7 @@ from safesynth.generator.llm import FittedLLM, LLMBackend
 from safesynth.generator.llm.model import _tokenizer
 from safesynth.privacy.accountant import ReleaseAccount, compose_epsilon
 from safesynth.privacy.mechanisms import LaplaceMechanism
-from safesynth.privacy.noise import SeededNoise
+from safesynth.privacy.noise import OpenDPNoise, SeededNoise
 from safesynth.privacy.planner import plan_budget
 from safesynth.schema import pandas_dtype
 from tests.helpers import rows_valid
@@ -242,3 +242,25 @@ def test_records_outside_the_domain_are_repaired_not_raised(tmp_path):
     model, account = _fit(spec, frame, tmp_path)
     assert [s.stage for s in account.spends] == ["generator.count", "generator.dp_sgd"]
     assert rows_valid(model.sample(20, seed=0), spec)
+
+
+def test_release_trains_with_secret_poisson_mask_and_column_orders(tmp_path, monkeypatch):
+    from safesynth.generator.llm import training
+
+    seen = []
+    real = training.TrainingRows.__init__
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs.get("order_rng"))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.TrainingRows, "__init__", spy)
+    spec = llm_spec(tmp_path, TABULAR, random_column_order=True, epsilon=1.0)
+    account = ReleaseAccount(delta=spec.privacy.delta)
+    get_backend("llm").fit(tabular_frame(60), spec=spec, plan=plan_budget(spec), account=account,
+                           noise=OpenDPNoise(), workdir=tmp_path)
+    assert account.spends[-1].detail["rng_seeding"] == "os-entropy"
+    assert len(seen) == 1 and isinstance(seen[0], np.random.Generator)
+    # Not derived from the public seed: a generator seeded as the old code did draws differently.
+    public = np.random.default_rng([spec.sampling.seed, 0x0DE7])
+    assert seen[0].bit_generator.state != public.bit_generator.state

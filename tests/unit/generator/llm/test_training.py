@@ -10,6 +10,7 @@ import pytest
 import torch
 from dp_accounting import dp_event
 
+from safesynth.generator.llm import training
 from safesynth.generator.llm.encoding import RowCodec
 from safesynth.generator.llm.grammar import Grammar
 from safesynth.generator.llm.model import build_language_model, norms_for_opacus
@@ -20,6 +21,7 @@ from safesynth.generator.llm.training import (
     dp_step,
     release_row_count,
     schedule_dp_sgd,
+    training_rngs,
 )
 from safesynth.privacy.accountant import compose_epsilon
 from safesynth.privacy.noise import OpenDPNoise, SeededNoise
@@ -67,8 +69,7 @@ def _rows(tmp_path, n=64):
     spec = llm_spec(tmp_path, TABULAR)
     codec = RowCodec.from_spec(spec, context_length=128)
     lm = build_language_model(spec.generator, codec.symbols, seed=0)
-    rows = TrainingRows(codec, Grammar(codec), codec.encode_cells(tabular_frame(n)), lm=lm, order=[0, 1, 2, 3],
-                        random_order=False, seed=0)
+    rows = TrainingRows(codec, Grammar(codec), codec.encode_cells(tabular_frame(n)), lm=lm, order=[0, 1, 2, 3])
     return lm, rows
 
 
@@ -123,3 +124,52 @@ def test_physical_chunks_do_not_change_the_update(tmp_path):
     _one_step(twin, rows, index, mode="ghost", noise_multiplier=0.0, physical=7)
     for a, b in zip(lm.model.parameters(), twin.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
+
+
+def _random_order_rows(tmp_path, order_rng):
+    spec = llm_spec(tmp_path, TABULAR, random_column_order=True)
+    codec = RowCodec.from_spec(spec, context_length=128, names=True)
+    lm = build_language_model(spec.generator, codec.symbols, seed=0)
+    return TrainingRows(codec, Grammar(codec), codec.encode_cells(tabular_frame(16)), lm=lm, order=[0, 1, 2, 3],
+                        order_rng=order_rng)
+
+
+def test_training_column_orders_come_only_from_the_injected_rng(tmp_path):
+    index = np.arange(16)
+    first = _random_order_rows(tmp_path, np.random.default_rng(7)).batch(index).input_ids
+    again = _random_order_rows(tmp_path, np.random.default_rng(7)).batch(index).input_ids
+    other = _random_order_rows(tmp_path, np.random.default_rng(8)).batch(index).input_ids
+    torch.testing.assert_close(first, again)
+    assert not torch.equal(first, other)  # 16 records x 4! orders: equal with probability 24^-16
+
+
+def test_secure_training_rngs_are_secret_and_ignore_the_public_seed(monkeypatch):
+    calls = []
+    real = training.secrets.randbits
+    monkeypatch.setattr(training.secrets, "randbits", lambda k: calls.append(k) or real(k))
+    one, two = training_rngs(secure=True, seed=0), training_rngs(secure=True, seed=0)
+    assert len(calls) == 6 and one.source == "os-entropy"
+    # Same public seed, independent secret draws (equal with probability 2^-64 per generator).
+    assert one.poisson.integers(2**63) != two.poisson.integers(2**63)
+    assert one.column_order.integers(2**63) != two.column_order.integers(2**63)
+    assert int(torch.randint(2**62, (1,), generator=one.noise)) != int(torch.randint(2**62, (1,), generator=two.noise))
+
+
+def test_insecure_training_rngs_are_reproducible_for_tests():
+    one, two = training_rngs(secure=False, seed=3), training_rngs(secure=False, seed=3)
+    assert one.source.startswith("spec-seed")
+    assert one.poisson.integers(2**63) == two.poisson.integers(2**63)
+    assert one.column_order.integers(2**63) == two.column_order.integers(2**63)
+
+
+def test_progress_bar_shows_no_loss_or_batch_size(tmp_path, capsys):
+    lm, rows = _rows(tmp_path, n=32)
+    schedule = DPSGDSchedule(sample_rate=0.5, steps=3, noise_multiplier=1.0, max_grad_norm=1.0,
+                             expected_batch_size=16, epochs=1.5)
+    training.train_dp_sgd(lm, rows, schedule, learning_rate=1e-2, mode="hooks", physical_batch_size=16,
+                          poisson_rng=np.random.default_rng(0), noise_generator=torch.Generator().manual_seed(0),
+                          delta=1e-5, progress=True)
+    shown = capsys.readouterr().err
+    assert "DP-SGD" in shown and "epoch=1.50" in shown and "eps=" in shown
+    assert "loss" not in shown
+    assert set(training._progress_fields(schedule, 1, 0.5)) == {"epoch", "eps"}
