@@ -49,11 +49,6 @@ from typing import Any
 from dp_accounting.dp_event import DpEvent
 from sqlalchemy.engine import RowMapping
 
-<<<<<<< HEAD
-from safesynth.errors import BudgetExceededError, LedgerError, LifetimeMismatchError, ReleaseIdConflictError
-from safesynth.owner import Owner
-from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon, pure_dp_event
-=======
 from safesynth.errors import (
     BudgetExceededError,
     LedgerError,
@@ -61,10 +56,9 @@ from safesynth.errors import (
     ReleaseIdConflictError,
     SourceMismatchError,
 )
+from safesynth.owner import Owner
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon, pure_dp_event
-from safesynth.privacy.ledger_store import Owner
 from safesynth.privacy.source_identity import SourceIdentity
->>>>>>> wt/small8
 
 __all__ = ["BudgetSummary", "ReleaseRecord", "Reservation"]
 

@@ -17,14 +17,10 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-<<<<<<< HEAD
 if TYPE_CHECKING:  # opendp is imported on first use
     from opendp.mod import Measurement
 
-__all__ = ["NoiseSource", "OpenDPNoise", "SeededNoise", "default_noise"]
-=======
 __all__ = ["NoiseSource", "OpenDPNoise", "SeededNoise", "default_noise", "privacy_map"]
->>>>>>> wt/small8
 
 
 @runtime_checkable
@@ -84,7 +80,7 @@ def privacy_map(kind: str, *, scale: float, d_in: float, discrete: bool = False)
     if not scale > 0 or not np.isfinite(scale):
         raise ValueError(f"`scale` ({scale}) must be finite and > 0")
     meas = _measurement(kind, float(scale), discrete)
-    return float(meas.map(int(np.ceil(d_in)) if discrete else float(d_in)))
+    return float(meas.map(int(np.ceil(d_in)) if discrete else float(d_in)))  # type: ignore[no-untyped-call]
 
 
 class OpenDPNoise:

@@ -170,11 +170,8 @@ class LLMBackend:
             location = spec.resolve(gen.model)  # a path relative to the spec file, else a hub id
             lm = load_language_model(location if Path(location).exists() else gen.model, codec.symbols,
                                      seed=spec.sampling.seed, lora=gen.lora)
-<<<<<<< HEAD
         train = repair_records(train, spec).frame  # records outside the domains: clamped, nulled or dropped
-=======
         rngs = training_rngs(secure=bool(noise.secure), seed=spec.sampling.seed)
->>>>>>> wt/small8
         rows = TrainingRows(codec, grammar, codec.encode_cells(train), lm=lm, order=order,
                             order_rng=rngs.column_order if gen.random_column_order else None)
         condition = None
