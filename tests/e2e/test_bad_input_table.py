@@ -375,7 +375,7 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
          "--no-services", "--no-ui"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a first start migrates a new database: slow on a loaded machine
         while True:
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
