@@ -57,7 +57,8 @@ def plan_budget(spec: ReleaseSpec) -> BudgetPlan:
     """Allocate the spec's budget to stages. Pure function of the spec: reads no data.
 
     Stages: ``discovery`` (only when a domain is undeclared), ``condition`` (an LLM conditioned on a
-    noisy histogram), ``generator`` (the rest).
+    noisy histogram), ``generator`` (the rest), ``audit`` (the DP membership audit that gates publication,
+    ``privacy.allocation.audit``, default 0.1, taken out of the generator's default share).
     """
     privacy = spec.privacy
     alloc = privacy.allocation
@@ -66,8 +67,9 @@ def plan_budget(spec: ReleaseSpec) -> BudgetPlan:
         fractions["discovery"] = alloc.discovery
     if isinstance(spec.generator, LLMGeneratorSpec) and spec.generator.condition_on is not None:
         fractions["condition"] = alloc.condition if alloc.condition is not None else DEFAULT_CONDITION_FRACTION
-    used = sum(fractions.values())
+    used = sum(fractions.values()) + alloc.audit
     fractions["generator"] = alloc.generator if alloc.generator is not None else max(0.0, 1.0 - used)
+    fractions["audit"] = alloc.audit
     if sum(fractions.values()) > 1.0 + 1e-12:
         from safesynth.errors import SpecError
 
