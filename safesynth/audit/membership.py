@@ -24,13 +24,14 @@ The mechanism (:func:`audit_membership`), charged to the plan's ``audit`` stage:
 Privacy proof sketch (add/remove one record ``x``; ``epsilon_count + epsilon_auc <= epsilon``, delta 0):
 
 * Every record's side is its own secret coin, independent of the others (:func:`safesynth.stages.split`),
-  so condition on the other records' coins and on ``x``'s: exactly one side gains or loses ``x``. The
-  synthetic rows ``S`` are the output of the generator's own accounted mechanism; given ``S`` the scoring
-  function is fixed (adaptive sequential composition).
+  so condition on the other records' coins and on ``x``'s: exactly one side gains or loses ``x`` (the
+  output law with ``x`` is a mixture over ``x``'s coin of two laws, each within the bound of the law
+  without ``x``, so the mixture is too). The synthetic rows ``S`` are the output of the generator's own
+  accounted mechanism; given ``S`` the scoring function is fixed (adaptive sequential composition).
 * ``min(|train|, |holdout|)`` moves by at most 1: step 1 is ``epsilon_count``-DP; ``k`` is post-processing.
 * Fix ``k``. Couple the side that differs, with ``m`` and ``m + 1`` rows: draw the ``m + 1`` side's slots;
   if ``x`` is among them, replace it by a uniformly chosen unsampled row of the ``m`` side, or by a dummy
-  when that side has ``<= k`` rows. Each marginal is the right law (uniform subsets, by symmetry) and the
+  when that side has fewer than ``k`` rows. Each marginal is the right law (uniform subsets, by symmetry) and the
   coupled slot vectors differ in at most one slot. The AUC is the mean of ``k^2`` pair terms in ``[0, 1]``
   and one slot enters ``k`` of them, so it moves by at most ``1/k`` on every coupled pair. Laplace noise
   of scale ``1 / (k epsilon_auc)`` makes each pair's outputs ``epsilon_auc``-close, and a mixture over a
