@@ -7,6 +7,8 @@ function. Inject the runner the way httpx injects a transport.
 
 Ordering guarantees:
   * checks that need no private data run before the budget is reserved (``prepare``);
+  * the DP audit and the gate run before the Parquet files are written, so the files' metadata states
+    the release's whole spend, audit included;
   * the ledger records the outcome after publishing; if it cannot, the outcome is kept durably and
     recorded by the next run, and a release that is visible is reported as published, never as failed;
   * the private work directory is removed on every exit path.
@@ -100,12 +102,12 @@ def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Run
         train, holdout = run("split-holdout", stages.split, ctx, clean)
         fitted = run("fit-dp-generator", stages.fit, ctx, train, noise=noise)
         synthetic = run("sample", stages.sample, ctx, fitted)
-        files = run("write-parquet", stages.write_output, ctx, fitted, synthetic)
-        attack = run("audit", stages.audit, ctx, fitted, synthetic, train, holdout)
-        decision = run("gate", stages.gate, ctx, attack)
+        audit = run("audit", stages.audit, ctx, fitted, synthetic, train, holdout, noise=noise)
+        decision = run("gate", stages.gate, ctx, audit)
         if not decision.passed:
             status = "blocked"
             return _outcome(ctx, "blocked", GateFailedError(decision.reasons).args[0], exit_code=3)
+        files = run("write-parquet", stages.write_output, ctx, fitted, synthetic)
         published = run("publish", stages.publish, ctx, fitted, files, decision)
         status = "published"
     except BaseException:
@@ -127,13 +129,14 @@ def _published(ctx: stages.RunContext, location: str) -> ReleaseOutcome:
 def _outcome(ctx: stages.RunContext, status: str, message: str, *, location: str | None = None,
              exit_code: int = 0) -> ReleaseOutcome:
 
-    def read(name: str) -> Any:
-        return json.loads(ctx.report(name).read_text()) if ctx.report(name).exists() else {}
+    def read(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(ctx.report(name).read_text()) if ctx.report(name).exists() else {}
+        return data
 
     account = stages.load_account(ctx).summary() if ctx.report("account.json").exists() else {}
     return ReleaseOutcome(
         release_id=ctx.release_id, dataset=ctx.spec.dataset, status=status, message=message, location=location,
-        privacy=account, audit=read("audit.json"), gate=read("gate.json"), exit_code=exit_code,
+        privacy=account, audit=read("audit_dp.json"), gate=read("gate.json"), exit_code=exit_code,
     )
 
 
@@ -161,10 +164,11 @@ def render_summary(outcome: ReleaseOutcome) -> str:
         lines.append("")
     if outcome.audit:
         a = outcome.audit
+        noisy = "-" if a["noisy_auc"] is None else f"{a['noisy_auc']:.3f}"
         lines += [
-            "## Membership-inference audit", "",
-            "| attack | AUC | AUC 95% upper | TPR at low FPR | FPR |", "|---|---|---|---|---|",
-            f"| {a['attack']} | {a['auc']:.3f} | {a['auc_upper']:.3f} | {a['tpr_at_low_fpr']:.3f} | {a['low_fpr']:g} |",
+            "## Membership-inference audit (differentially private)", "",
+            "| attack | noisy AUC | 95% upper bound | rows per side (DP) | epsilon |", "|---|---|---|---|---|",
+            f"| {a['attack']} | {noisy} | {a['auc_upper']:.3f} | {a['rows_per_side']} | {a['epsilon']:.4f} |",
             "",
         ]
     if outcome.gate:

@@ -174,12 +174,16 @@ class AllocationSpec(_Frozen):
         None, ge=0.0, le=1.0, description="Noisy count of records repaired or dropped (validation and domain "
         "repair); default 0.02, taken from the generator's default share. 0: no count is published."
     )
+    audit: float = Field(
+        0.1, gt=0.0, le=0.5, description="The DP membership audit whose noisy AUC gates publication."
+    )
 
     @model_validator(mode="after")
     def _sum(self) -> AllocationSpec:
-        total = self.discovery + (self.condition or 0.0) + (self.generator or 0.0) + (self.repairs or 0.0)
+        total = (self.discovery + (self.condition or 0.0) + (self.generator or 0.0) + (self.repairs or 0.0)
+                 + self.audit)
         if total > 1.0 + 1e-12:
-            raise ValueError(f"allocation fractions ({total:.4g}) must sum to <= 1")
+            raise ValueError(f"allocation fractions ({total:.4g}, audit {self.audit:g} included) must sum to <= 1")
         return self
 
 
@@ -276,12 +280,21 @@ class SamplingSpec(_Frozen):
 
 class AuditSpec(_Frozen):
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="Rows kept out of fitting for the audit.")
-    max_attack_auc: float = Field(0.6, ge=0.5, le=1.0, description="Block when membership AUC exceeds this.")
-    max_tpr_at_low_fpr: float | None = Field(
-        None, gt=0.0, le=1.0, description="Block when TPR at `low_fpr` exceeds this."
+    max_attack_auc: float = Field(
+        0.6, ge=0.5, le=1.0, description="Block when the DP membership AUC's 95% upper bound exceeds this."
     )
-    low_fpr: float = Field(0.01, gt=0.0, lt=0.5)
-    max_audit_rows: int = Field(5_000, ge=10, description="Rows per side used by the attacks.")
+    low_fpr: float = Field(0.01, gt=0.0, lt=0.5, description="FPR of the restricted TPR diagnostic (not a gate).")
+    max_audit_rows: int = Field(
+        5_000, ge=10, description="Cap on rows per side; the number used comes from a DP count."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_tpr_gate(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_tpr_at_low_fpr" in data:
+            raise ValueError("`max_tpr_at_low_fpr` was removed: TPR at a low FPR has no small sensitivity, so it "
+                             "cannot gate a DP release (it is an exact diagnostic in the restricted audit.json)")
+        return data
 
 
 class ValidationSpec(_Frozen):

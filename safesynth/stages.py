@@ -15,6 +15,8 @@ Privacy invariants enforced here, at the point of danger:
     reservation is marked "data read" *before* the first byte is read (:func:`ingest`);
   * the holdout is split off with secret coins before anything is fitted and is never passed to a
     generator;
+  * the gate decides from the DP audit's noisy figures only, charged as the plan's ``audit`` stage
+    (:func:`audit`); exact attack figures go to the restricted reports directory and nowhere else;
   * publishing requires a passing gate decision (:func:`publish`).
 """
 
@@ -34,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 import safesynth
-from safesynth.audit import AttackResult, GateDecision, dcr_attack, evaluate_gates
+from safesynth.audit import GateDecision, NoisyAudit, audit_membership, evaluate_gates
 from safesynth.errors import DataError, GateFailedError, InternalError, LedgerError, PrivacyError, SpecError
 from safesynth.generator import get_backend
 from safesynth.output import write_parquet
@@ -423,9 +425,15 @@ def load_account(ctx: RunContext) -> ReleaseAccount:
 
 
 def write_output(ctx: RunContext, fitted: Fitted, synthetic_path: Path) -> list[Path]:
-    """Parquet files with the declared schema and the privacy parameters in the key-value metadata."""
+    """Parquet files with the declared schema, the privacy parameters and the gate in the key-value metadata.
+
+    Runs after the gate, so the release's epsilon includes the audit's spend; the audit figures written
+    are the DP ones (``audit_dp.json``), never the restricted exact ones.
+    """
     spec = fitted.schema.spec
     summary = load_account(ctx).summary()
+    published = {name: json.loads(ctx.report(f"{name}.json").read_text())
+                 for name in ("audit_dp", "gate") if ctx.report(f"{name}.json").exists()}
     frame = pd.read_parquet(synthetic_path)
     per = spec.publish.rows_per_file
     chunks = [frame.iloc[i : i + per] for i in range(0, len(frame), per)] or [frame]
@@ -438,27 +446,50 @@ def write_output(ctx: RunContext, fitted: Fitted, synthetic_path: Path) -> list[
         "privacy": {k: v for k, v in summary.items() if k != "stages"},
         "stages": [{k: s[k] for k in ("stage", "mechanism", "epsilon", "delta", "secure_noise")}
                    for s in summary["stages"]],
+        **({"audit": published["audit_dp"]} if "audit_dp" in published else {}),
+        **({"gate": published["gate"]} if "gate" in published else {}),
     }
     out_dir = ctx.path("output")
     shutil.rmtree(out_dir, ignore_errors=True)
     return write_parquet(chunks, out_dir, spec=spec, metadata=metadata)
 
 
-def audit(ctx: RunContext, fitted: Fitted, synthetic_path: Path, train_path: Path,
-          holdout_path: Path) -> AttackResult:
-    """Membership inference: fitted rows vs holdout rows against the synthetic rows."""
+def audit(ctx: RunContext, fitted: Fitted, synthetic_path: Path, train_path: Path, holdout_path: Path, *,
+          noise: NoiseSource | None = None) -> NoisyAudit:
+    """The DP membership audit (fitted rows vs holdout against the synthetic rows), charged to the plan.
+
+    Returns only the published, noisy figures; the exact ones go to the restricted ``audit.json``.
+
+    Privacy:
+        Spends the plan's ``audit`` stage (pure epsilon, add/remove one record; see
+        :func:`safesynth.audit.membership.audit_membership`), recorded in ``account.json``.
+    """
     spec = fitted.schema.spec
-    result = dcr_attack(
-        pd.read_parquet(synthetic_path), pd.read_parquet(train_path), pd.read_parquet(holdout_path),
-        spec=spec, low_fpr=spec.audit.low_fpr, max_rows=spec.audit.max_audit_rows, seed=spec.sampling.seed,
-    )
-    ctx.report("audit.json").write_text(json.dumps(result.to_dict()))
-    log.info("membership attack (%s): AUC %.3f, 95%% upper bound %.3f", result.attack, result.auc, result.auc_upper)
-    return result
+    stage = plan_budget(ctx.spec).stage("audit")  # the spec as written: the resolved one plans no discovery
+    account = load_account(ctx)
+    try:
+        published, diagnostics = audit_membership(
+            pd.read_parquet(synthetic_path), pd.read_parquet(train_path), pd.read_parquet(holdout_path),
+            spec=spec, epsilon=stage.epsilon, account=account, noise=noise or default_noise(),
+        )
+    finally:
+        save_account(ctx, account)  # whatever was spent before a failure stays recorded
+    _check_within_plan(ctx.spec, account)
+    ctx.report("audit.json").write_text(json.dumps(diagnostics.to_dict()))  # restricted: exact figures
+    ctx.report("audit_dp.json").write_text(json.dumps(published.to_dict()))
+    if published.noisy_auc is None:
+        log.warning("membership audit (DP, epsilon %.3g): the DP count leaves no rows per side; the AUC bound is "
+                    "vacuous (1.0)", published.epsilon)
+    else:
+        log.info("membership audit (DP, epsilon %.3g): noisy AUC %.3f, 95%% upper bound %.3f, %d rows per side "
+                 "(from a DP count); exact figures only in the restricted reports", published.epsilon,
+                 published.noisy_auc, published.auc_upper, published.rows_per_side)
+    return published
 
 
-def gate(ctx: RunContext, attack: AttackResult | None) -> GateDecision:
-    decision = evaluate_gates(ctx.spec.audit, attack)
+def gate(ctx: RunContext, audit: NoisyAudit | None) -> GateDecision:
+    """Decide from the DP audit's figures only (post-processing)."""
+    decision = evaluate_gates(ctx.spec.audit, audit)
     ctx.report("gate.json").write_text(json.dumps(decision.to_dict()))
     for g in decision.gates:
         (log.info if g.passed else log.warning)("gate %s", g.reason)
@@ -487,8 +518,7 @@ def build_manifest(ctx: RunContext, fitted: Fitted, files: list[Path], decision:
         "schema": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],
         "privacy": {**load_account(ctx).summary(), "plan": read("plan.json")},
         "validation": _validation_section(ctx),
-        "audit": {"attacks": [read("audit.json")], "differentially_private": False,
-                  "note": "attack figures are computed on private rows and are not covered by the DP guarantee"},
+        "audit": read("audit_dp.json"),  # noisy figures only; the exact ones stay restricted
         "gate": decision.to_dict(),
         "files": build_manifest_files(files),
     }

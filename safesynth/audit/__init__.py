@@ -1,6 +1,17 @@
-"""Privacy audit: membership-inference attacks on the synthetic data and the gates that block a release."""
+"""Privacy audit: a DP membership-inference audit of the synthetic data and the gates that block a release."""
 
-from safesynth.audit.attacks import AttackResult, dcr_attack, featurize
+from safesynth.audit.attacks import AttackResult, dcr_attack, dcr_scores, featurize
 from safesynth.audit.gates import GateDecision, evaluate_gates
+from safesynth.audit.membership import AuditDiagnostics, NoisyAudit, audit_membership
 
-__all__ = ["AttackResult", "GateDecision", "dcr_attack", "evaluate_gates", "featurize"]
+__all__ = [
+    "AttackResult",
+    "AuditDiagnostics",
+    "GateDecision",
+    "NoisyAudit",
+    "audit_membership",
+    "dcr_attack",
+    "dcr_scores",
+    "evaluate_gates",
+    "featurize",
+]

@@ -1,7 +1,9 @@
 """Gates: the decision whether a release may be published.
 
-Fail closed: a missing or non-finite audit figure blocks. Each gate compares the attack's one-sided 95%
-upper confidence bound (not the point estimate) with the spec's threshold.
+The decision is post-processing of the DP audit's published figures (:class:`~safesynth.audit.membership.
+NoisyAudit`) and spec constants only, so whether a release appears is covered by the release's (epsilon,
+delta). The gate compares the noisy AUC's one-sided 95% upper bound (sampling error and DP noise) with
+``audit.max_attack_auc``. Fail closed: a missing or non-finite figure blocks.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from safesynth.audit.attacks import AttackResult
+from safesynth.audit.membership import NoisyAudit
 from safesynth.spec import AuditSpec
 
 __all__ = ["GateDecision", "GateResult", "evaluate_gates"]
@@ -48,11 +50,10 @@ def _gate(name: str, figure: float | None, threshold: float, what: str) -> GateR
                       reason=f"{name}: {what} {figure:.3f} {verdict} threshold {threshold:.3f}")
 
 
-def evaluate_gates(audit: AuditSpec, attack: AttackResult | None) -> GateDecision:
-    """Decide from the attack results; ``attack=None`` (audit did not run) blocks."""
-    gates = [_gate("membership-auc", attack.auc_upper if attack else None, audit.max_attack_auc,
-                   "attack AUC (95% upper bound)")]
-    if audit.max_tpr_at_low_fpr is not None:
-        gates.append(_gate("membership-tpr", attack.tpr_upper if attack else None, audit.max_tpr_at_low_fpr,
-                           f"attack TPR at FPR {audit.low_fpr:g} (95% upper bound)"))
+def evaluate_gates(audit: AuditSpec, result: NoisyAudit | None) -> GateDecision:
+    """Decide from the DP audit's figures; ``result=None`` (the audit did not run) blocks."""
+    what = "DP attack AUC (95% upper bound)"
+    if result is not None and result.noisy_auc is None:
+        what = "DP attack AUC (no rows per side after the DP count: vacuous bound)"
+    gates = [_gate("membership-auc", result.auc_upper if result else None, audit.max_attack_auc, what)]
     return GateDecision(passed=all(g.passed for g in gates), gates=tuple(gates))

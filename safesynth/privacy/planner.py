@@ -61,7 +61,8 @@ def plan_budget(spec: ReleaseSpec) -> BudgetPlan:
     Stages: ``discovery`` (only when a domain is undeclared), ``condition`` (an LLM conditioned on a
     noisy histogram), ``repairs`` (the noisy count of repaired or dropped records; by default
     ``DEFAULT_REPAIRS_FRACTION``, or what an explicit ``generator`` share leaves, at most that),
-    ``generator`` (the rest).
+    ``generator`` (the rest), ``audit`` (the DP membership audit that gates publication,
+    ``privacy.allocation.audit``, default 0.1, taken out of the generator's default share).
     """
     privacy = spec.privacy
     alloc = privacy.allocation
@@ -70,15 +71,16 @@ def plan_budget(spec: ReleaseSpec) -> BudgetPlan:
         fractions["discovery"] = alloc.discovery
     if isinstance(spec.generator, LLMGeneratorSpec) and spec.generator.condition_on is not None:
         fractions["condition"] = alloc.condition if alloc.condition is not None else DEFAULT_CONDITION_FRACTION
-    used = sum(fractions.values())
+    used = sum(fractions.values()) + alloc.audit
     if alloc.repairs is not None:
         fractions["repairs"] = alloc.repairs
     elif alloc.generator is None:
         fractions["repairs"] = DEFAULT_REPAIRS_FRACTION
     else:  # an explicit generator share: the count gets what is left over, never more than its default
         fractions["repairs"] = min(DEFAULT_REPAIRS_FRACTION, max(0.0, 1.0 - used - alloc.generator))
-    used = sum(fractions.values())
+    used = sum(fractions.values()) + alloc.audit
     fractions["generator"] = alloc.generator if alloc.generator is not None else max(0.0, 1.0 - used)
+    fractions["audit"] = alloc.audit
     if sum(fractions.values()) > 1.0 + 1e-12:
         from safesynth.errors import SpecError
 

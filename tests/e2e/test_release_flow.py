@@ -58,6 +58,38 @@ def published_files(tmp_path: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+EXACT_AUDIT_KEYS = {"members", "non_members", "tpr_at_low_fpr", "tpr_upper", "train_rows", "holdout_rows",
+                    "noisy_count", "slot_auc", "exact", "padded_members", "padded_non_members"}
+
+
+def walk(value) -> list:
+    """Every key and leaf value of a JSON document."""
+    if isinstance(value, dict):
+        return [*value, *(x for v in value.values() for x in walk(v))]
+    if isinstance(value, list):
+        return [x for v in value for x in walk(v)]
+    return [value]
+
+
+def check_audit_published_noisy_only(spec, release_id: str, manifest: dict, meta: dict) -> None:
+    """The manifest and Parquet metadata carry the DP audit's figures and its spend, never the exact ones."""
+    assert manifest["audit"]["differentially_private"] is True
+    stages = {s["stage"]: s for s in manifest["privacy"]["stages"]}
+    assert {"audit.count", "audit.auc"} <= set(stages)
+    assert sum(stages[s]["epsilon"] for s in ("audit.count", "audit.auc")) <= \
+        spec.privacy.allocation.audit * spec.privacy.epsilon + 1e-12
+    assert json.loads(meta["audit"]) == manifest["audit"]
+    published = {"manifest": manifest, "meta": {k: json.loads(v) if v[:1] in "[{" else v for k, v in meta.items()}}
+    assert not set(map(str, walk(published))) & EXACT_AUDIT_KEYS
+    reports = Path(os.environ["SAFESYNTH_HOME"]) / "reports" / spec.dataset / release_id
+    (restricted,) = reports.glob("*/audit.json")  # the exact figures: the restricted zone only
+    exact = json.loads(restricted.read_text())
+    assert repr(exact["exact"]["auc"]) not in json.dumps(published)
+    audit_values = walk([manifest["audit"], manifest["gate"], published["meta"]["audit"]])
+    for size in (exact["train_rows"], exact["holdout_rows"]):  # k, the rows per side, is a DP output
+        assert size not in audit_values
+
+
 def check_release(tmp_path: Path, spec_path: Path, release_id: str) -> dict:
     spec = load_spec(spec_path)
     final = tmp_path / "releases" / spec.dataset / release_id
@@ -73,10 +105,12 @@ def check_release(tmp_path: Path, spec_path: Path, release_id: str) -> dict:
     assert meta["dataset"] == spec.dataset and meta["release_id"] == release_id
     assert meta["spec_digest"] == spec.digest() == manifest["spec_digest"]
     assert float(meta["epsilon"]) <= spec.privacy.epsilon and float(meta["delta"]) == spec.privacy.delta
+    assert float(meta["epsilon"]) == manifest["privacy"]["epsilon"]  # the files state the audit's spend too
     assert {"generator", "version", "created_at", "accountant"} <= set(meta)
     # A caveat next to epsilon exactly when some noise is not from a secure sampler (DP-SGD).
     assert ("guarantee" in manifest["privacy"]) is (spec.generator.kind != "marginals")
     assert json.loads(meta["privacy"]).get("guarantee") == manifest["privacy"].get("guarantee")
+    check_audit_published_noisy_only(spec, release_id, manifest, meta)
     frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     assert len(frame) == spec.sampling.rows
     assert rows_valid(frame, spec)  # 100% of rows satisfy the declared schema
@@ -112,7 +146,11 @@ def test_flow_on_adult_rows(tmp_path, safesynth_home, prefect_harness):
 
 
 def test_gate_blocks_with_exit_code_3_and_publishes_nothing(tmp_path, safesynth_home, prefect_harness):
-    spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", audit={"max_attack_auc": 0.5})
+    # A tiny audit share leaves no rows per side after the DP count (or a huge noise): the DP bound is
+    # (near) vacuous, so a threshold of 0.5 blocks in all but ~1e-4 of runs (the attack's own AUC is ~0.5,
+    # which a DP bound cannot promise to keep above 0.5).
+    spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", audit={"max_attack_auc": 0.5},
+                     privacy={"allocation": {"audit": 0.001}})
     state = run_flow(spec, "demo-blocked")
     assert state.is_failed() and "membership-auc" in state.message and "> threshold 0.500" in state.message
     assert published_files(tmp_path) == []
@@ -133,8 +171,10 @@ def test_exhausted_budget_blocks_before_reading_the_source(tmp_path, safesynth_h
     shutil.copyfile(REPO / "data" / "demo.csv", source)
     spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml", privacy={"epsilon": 4.0, "lifetime_epsilon": 6.0},
                      source=str(source))
-    first = run_cli("release", str(spec), "--engine", "local", "--release-id", "r1")
+    first = run_cli("release", str(spec), "--engine", "local", "--release-id", "r1", "--json")
     assert first.exit_code == 0, first.output
+    assert '"differentially_private": true' in first.output  # --json carries the DP audit figures only
+    assert not [k for k in ("members", "non_members", "tpr_at_low_fpr", "holdout_rows") if f'"{k}":' in first.output]
     # The same source, now garbage: passes the pre-flight checks, fails if it were read: proves it is not.
     source.write_bytes(b"\xff\xfe not, a\n\"csv")
     second = run_cli("release", str(spec), "--engine", "local", "--release-id", "r2")
@@ -181,7 +221,7 @@ def test_flow_publishes_an_llm_release(tmp_path, safesynth_home, prefect_harness
     assert state.is_completed(), state.message
     manifest = check_release(tmp_path, spec, "llm-e2e")
     stages = {s["stage"]: s for s in manifest["privacy"]["stages"]}
-    assert set(stages) == {"condition", "repairs", "generator.count", "generator.dp_sgd"}
+    assert set(stages) == {"condition", "repairs", "generator.count", "generator.dp_sgd", "audit.count", "audit.auc"}
     assert stages["generator.dp_sgd"]["secure_noise"] is False  # Opacus noise, recorded honestly
     assert manifest["privacy"]["secure_noise"] is False
     assert manifest["privacy"]["guarantee"].startswith("epsilon holds if torch's RNG is unpredictable")

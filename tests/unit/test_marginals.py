@@ -46,9 +46,10 @@ def test_laplace_scale_is_l1_sensitivity_over_epsilon_and_spend_is_exact(tmp_pat
     _, account = fit(spec, mixed_frame(300), noise)
     (kind, _, _, scale), = noise.calls
     units = len(spec.columns) + 1  # one text column adds a character vector
-    assert kind == "laplace" and scale == pytest.approx(units / stage.epsilon)
-    assert account.basic_epsilon == pytest.approx(stage.epsilon)
-    assert account.epsilon <= stage.epsilon + 1e-12
+    stage = plan_budget(spec).stage("generator").epsilon  # 2.0 less the audit's share
+    assert kind == "laplace" and scale == pytest.approx(units / stage)
+    assert account.basic_epsilon == pytest.approx(stage)
+    assert account.epsilon <= stage + 1e-12
     assert account.spends[0].secure_noise is False  # seeded noise is recorded as insecure
 
 
@@ -56,9 +57,10 @@ def test_gaussian_spend_fits_the_budget_and_is_tight(tmp_path):
     spec = make_spec(tmp_path, privacy={"epsilon": 1.0, "delta": 1e-6, "mechanism": "gaussian",
                                         "allocation": {"repairs": 0.0}})
     _, account = fit(spec, mixed_frame(300), SeededNoise(1))
-    assert account.epsilon <= 1.0
-    assert account.epsilon > 0.99  # calibration is tight, not wasteful
-    assert account.epsilon_by("rdp") <= 1.0
+    stage = plan_budget(spec).stage("generator")  # 1.0 less the audit's share
+    assert account.epsilon <= stage.epsilon
+    assert account.epsilon > 0.99 * stage.epsilon  # calibration is tight, not wasteful
+    assert account.epsilon_by("rdp") <= stage.epsilon
 
 
 @pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
@@ -79,8 +81,8 @@ def test_released_noise_has_the_calibrated_scale(tmp_path, mechanism):
     assert stats.kstest(residual, dist(scale=scale).cdf).pvalue > ALPHA
     assert stats.kstest(residual, dist(scale=0.7 * scale).cdf).pvalue < ALPHA
     assert stats.kstest(residual, dist(scale=1.3 * scale).cdf).pvalue < ALPHA
-    if mechanism == "laplace":
-        assert scale == pytest.approx(2 / 1.0)  # L1 sensitivity 2 (two columns) / epsilon 1
+    if mechanism == "laplace":  # L1 sensitivity 2 (two columns) / the generator's epsilon
+        assert scale == pytest.approx(2 / plan_budget(spec).stage("generator").epsilon)
 
 
 def test_samples_satisfy_the_schema_and_are_deterministic(tmp_path):

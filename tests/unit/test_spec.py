@@ -35,9 +35,11 @@ def test_issue_example_loads_with_paths_relative_to_the_spec_file(tmp_path):
     assert spec.target_uri == str((tmp_path / "releases").resolve())
     assert spec.source_format == "csv"
     assert spec.columns["workclass"].nullable
-    plan = plan_budget(spec)
-    assert plan.stage("repairs").epsilon == pytest.approx(0.08)  # the default 2%, from the generator's share
-    assert plan.stage("generator").epsilon == pytest.approx(3.92)
+    plan = plan_budget(spec)  # the DP audit's and the repairs count's default shares come out of the generator's
+    assert [s.name for s in plan.stages] == ["repairs", "generator", "audit"]
+    assert plan.stage("repairs").epsilon == pytest.approx(0.08)  # the default 2%
+    assert plan.stage("generator").epsilon == pytest.approx(3.52)
+    assert plan.stage("audit").epsilon == pytest.approx(0.4)
     assert spec.validation.on_invalid == "repair"
 
 
@@ -59,6 +61,8 @@ def test_unknown_key_names_the_key_path_and_file(tmp_path):
         ("lifetime_epsilon: 16.0", "lifetime_epsilon: .inf", "privacy.lifetime_epsilon"),
         ("lifetime_epsilon: 16.0", "lifetime_epsilon: 1.0", "privacy"),
         ("max_attack_auc: 0.6", "max_attack_auc: 1.5", "audit.max_attack_auc"),
+        ("lifetime_epsilon: 16.0}", "lifetime_epsilon: 16.0, allocation: {audit: 0}}", "privacy.allocation.audit"),
+        ("lifetime_epsilon: 16.0}", "lifetime_epsilon: 16.0, allocation: {generator: 0.95}}", "privacy.allocation"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key(tmp_path, old, new, key):
@@ -73,13 +77,13 @@ def test_undeclared_domain_without_discovery_budget_is_rejected(tmp_path):
     ok = text.replace("lifetime_epsilon: 16.0}", "lifetime_epsilon: 16.0, allocation: {discovery: 0.1}}")
     plan = plan_budget(load_spec(write(tmp_path, ok)))
     assert plan.stage("discovery").epsilon == pytest.approx(0.4)
-    assert plan.stage("generator").epsilon == pytest.approx(3.52)
+    assert plan.stage("generator").epsilon == pytest.approx(3.12)  # 1 - discovery 0.1 - repairs 0.02 - audit 0.1
 
 
 @pytest.mark.parametrize(
     ("allocation", "repairs", "generator"),
-    [({"repairs": 0.05}, 0.05, 0.95), ({"repairs": 0.0}, None, 1.0), ({"generator": 1.0}, None, 1.0),
-     ({"generator": 0.99}, 0.01, 0.99), ({"generator": 0.5}, 0.02, 0.5)],
+    [({"repairs": 0.05}, 0.05, 0.85), ({"repairs": 0.0}, None, 0.9), ({"generator": 0.9}, None, 0.9),
+     ({"generator": 0.89}, 0.01, 0.89), ({"generator": 0.5}, 0.02, 0.5)],
 )
 def test_repairs_share_comes_from_the_generator_default_and_never_overdraws(tmp_path, allocation, repairs,
                                                                             generator):
@@ -129,3 +133,17 @@ def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
         for i in range(9))
     with pytest.raises(SpecError, match="aliases"):
         load_spec(write(tmp_path, ISSUE_EXAMPLE + "source_options:\n  x: " + bomb.replace("\n", "\n  ")))
+
+
+def test_the_removed_tpr_gate_is_refused_with_its_reason(tmp_path):
+    text = ISSUE_EXAMPLE.replace("max_attack_auc: 0.6}", "max_attack_auc: 0.6, max_tpr_at_low_fpr: 0.1}")
+    with pytest.raises(SpecError, match="`audit`: `max_tpr_at_low_fpr` was removed: .*no small sensitivity"):
+        load_spec(write(tmp_path, text))
+
+
+def test_audit_share_is_planned_and_the_stages_fit_the_release(tmp_path):
+    text = ISSUE_EXAMPLE.replace("lifetime_epsilon: 16.0}", "lifetime_epsilon: 16.0, allocation: {audit: 0.05}}")
+    plan = plan_budget(load_spec(write(tmp_path, text)))
+    assert plan.stage("audit").epsilon == pytest.approx(0.2)
+    assert plan.stage("generator").epsilon == pytest.approx(3.8)
+    assert sum(s.epsilon for s in plan.stages) <= 4.0 + 1e-12

@@ -1,0 +1,292 @@
+"""The membership audit that decides publication, as a differentially private mechanism.
+
+Members are the rows the generator was fitted on (train); non-members are the secret holdout, which the
+generator never saw. The attack scores every record by a function of that record, the synthetic rows and
+the spec alone (:func:`~safesynth.audit.attacks.dcr_scores`: minus the distance to the closest synthetic
+row), and the statistic is the Mann-Whitney AUC of member against non-member scores.
+
+The mechanism (:func:`audit_membership`), charged to the plan's ``audit`` stage:
+
+1. ``audit.count``: ``n = min(|train|, |holdout|)`` plus Laplace noise of scale ``b_n = 1 / epsilon_count``.
+2. ``k = min(max_audit_rows, floor(noisy_n - margin))`` rows per side, ``margin = b_n ln(1 / (2 beta))``, so
+   that ``P(k > n) <= beta`` (:data:`SHORTFALL_PROBABILITY`). ``k`` is published; it is a DP output.
+3. ``k`` slots per side: a uniform sample without replacement of ``min(k, n_side)`` rows, drawn with secret
+   randomness (never the spec's seed). A side with fewer than ``k`` rows fills its other slots with
+   *dummies that count as the attack's wins* (a member dummy outranks every non-member, a non-member dummy
+   is outranked by every member): a shortfall can only raise the AUC, so it fails closed, and the run
+   never fails on it.
+4. ``audit.auc``: ``noisy_auc = AUC + Laplace(1 / (k epsilon_auc))``.
+5. The gate compares a one-sided 95% upper bound, ``noisy_auc + z sqrt(var_HM(noisy_auc, k, k) + 2 b^2)``
+   (Hanley & McNeil's sampling variance plus the Laplace noise's ``2 b^2``), with ``max_attack_auc``. It is
+   post-processing of ``(noisy_auc, k)`` and spec constants. When ``k < 1`` no AUC is released and the
+   bound is the vacuous 1.
+
+Privacy proof sketch (add/remove one record ``x``; ``epsilon_count + epsilon_auc <= epsilon``, delta 0):
+
+* Every record's side is its own secret coin, independent of the others (:func:`safesynth.stages.split`),
+  so condition on the other records' coins and on ``x``'s: exactly one side gains or loses ``x`` (the
+  output law with ``x`` is a mixture over ``x``'s coin of two laws, each within the bound of the law
+  without ``x``, so the mixture is too). The synthetic rows ``S`` are the output of the generator's own
+  accounted mechanism; given ``S`` the scoring function is fixed (adaptive sequential composition).
+* ``min(|train|, |holdout|)`` moves by at most 1: step 1 is ``epsilon_count``-DP; ``k`` is post-processing.
+* Fix ``k``. Couple the side that differs, with ``m`` and ``m + 1`` rows: draw the ``m + 1`` side's slots;
+  if ``x`` is among them, replace it by a uniformly chosen unsampled row of the ``m`` side, or by a dummy
+  when that side has fewer than ``k`` rows. Each marginal is the right law (uniform subsets, by symmetry) and the
+  coupled slot vectors differ in at most one slot. The AUC is the mean of ``k^2`` pair terms in ``[0, 1]``
+  and one slot enters ``k`` of them, so it moves by at most ``1/k`` on every coupled pair. Laplace noise
+  of scale ``1 / (k epsilon_auc)`` makes each pair's outputs ``epsilon_auc``-close, and a mixture over a
+  coupling keeps the bound.
+* Composition: ``epsilon_count + epsilon_auc``, pure. Because of the dummies there is no bad event (no
+  delta) and no data-dependent failure. Whether a release appears is post-processing.
+
+The noise is OpenDP's (exact, CSPRNG) through :class:`~safesynth.privacy.noise.NoiseSource`; every
+mechanism states its ``dp_accounting`` event before it touches data. The exact figures (exact AUC, its
+interval, TPR at low FPR, exact sizes) go to :class:`AuditDiagnostics`, for the restricted zone only.
+TPR at a low FPR has no small sensitivity (one non-member moves the threshold that every member is
+compared with), so it never gates a release.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from safesynth.audit.attacks import AttackResult, attack_figures, auc_upper_bound, dcr_scores
+from safesynth.errors import InternalError
+from safesynth.privacy.accountant import ReleaseAccount, StageSpend
+from safesynth.privacy.mechanisms import LaplaceMechanism
+from safesynth.privacy.noise import NoiseSource
+from safesynth.spec import ReleaseSpec
+
+__all__ = [
+    "COUNT_SHARE",
+    "SHORTFALL_PROBABILITY",
+    "AuditDiagnostics",
+    "NoisyAudit",
+    "audit_membership",
+    "calibrated_laplace",
+    "release_auc",
+    "rows_per_side",
+    "slot_auc",
+    "split_epsilon",
+]
+
+#: Share of the audit stage's epsilon spent on the count that sets ``k``; the AUC gets the rest.
+COUNT_SHARE = 0.25
+#: Probability that ``k`` exceeds the smaller side (then dummies fill the missing slots, failing closed).
+SHORTFALL_PROBABILITY = 1e-3
+ATTACK = "distance-to-closest-record"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoisyAudit:
+    """The audit's published figures: DP outputs and spec constants only.
+
+    ``rows_per_side`` (``k``) comes from a noisy count; ``noisy_auc`` is None when ``k < 1``, and then
+    ``auc_upper`` is the vacuous 1.
+    """
+
+    attack: str
+    rows_per_side: int
+    noisy_auc: float | None
+    auc_upper: float
+    epsilon: float
+    auc_noise_scale: float | None
+    count_noise_scale: float
+    shortfall_probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "differentially_private": True, "neighbouring": "add/remove one record",
+                "note": "noisy figures from an accounted mechanism (stages audit.count, audit.auc); "
+                        "exact figures stay in the restricted reports"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditDiagnostics:
+    """Exact figures on private rows, for the restricted reports directory only.
+
+    ``exact`` is the attack on the sampled real rows (exact AUC, its interval, TPR at low FPR, sizes);
+    ``slot_auc`` is the exact statistic that was noised (dummies included).
+    """
+
+    exact: AttackResult | None
+    slot_auc: float | None
+    train_rows: int
+    holdout_rows: int
+    noisy_count: float
+    padded_members: int
+    padded_non_members: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: v for k, v in asdict(self).items() if k != "exact"},
+                "exact": self.exact.to_dict() if self.exact else None,
+                "differentially_private": False, "zone": "restricted"}
+
+
+def split_epsilon(epsilon: float) -> tuple[float, float]:
+    """``(epsilon_count, epsilon_auc)``: :data:`COUNT_SHARE` and the rest, never summing above ``epsilon``."""
+    if not epsilon > 0 or not math.isfinite(epsilon):
+        raise ValueError(f"`epsilon` ({epsilon}) must be finite and > 0")
+    epsilon_count = epsilon * COUNT_SHARE
+    epsilon_auc = epsilon - epsilon_count
+    while math.fsum([epsilon_count, epsilon_auc]) > epsilon:
+        epsilon_auc = math.nextafter(epsilon_auc, 0.0)
+    return epsilon_count, epsilon_auc
+
+
+def calibrated_laplace(*, sensitivity: float, epsilon: float) -> LaplaceMechanism:
+    """The Laplace mechanism with the least scale whose stated epsilon is at most ``epsilon`` (never above).
+
+    Raises:
+        InternalError: no scale within a few ulps of ``sensitivity / epsilon`` fits (a bug).
+    """
+    if not epsilon > 0:
+        raise ValueError(f"`epsilon` ({epsilon}) must be > 0")
+    scale = sensitivity / epsilon
+    for _ in range(64):
+        mechanism = LaplaceMechanism(sensitivity=sensitivity, scale=scale)
+        if mechanism.epsilon <= epsilon:
+            return mechanism
+        scale = math.nextafter(scale, math.inf)  # round the noise up, never the spend down
+    raise InternalError(f"no Laplace scale near {sensitivity / epsilon:.6g} meets `epsilon` ({epsilon})")
+
+
+def rows_per_side(n_members: int, n_non_members: int, *, epsilon: float, max_rows: int, noise: NoiseSource,
+                  account: ReleaseAccount) -> tuple[int, float]:
+    """``k``, the number of slots per side, from a noisy count; returns ``(k, noisy_count)``.
+
+    Privacy:
+        ``epsilon``-DP under add/remove one record: ``min(n_members, n_non_members)`` has sensitivity 1
+        (a record is on one side), Laplace noise of scale ``1 / epsilon``. ``k`` is post-processing; with
+        probability at most :data:`SHORTFALL_PROBABILITY` it exceeds the smaller side. The noisy count is
+        for the restricted zone; ``k`` may be published. Recorded as stage ``audit.count``.
+    """
+    mechanism = calibrated_laplace(sensitivity=1.0, epsilon=epsilon)
+    margin = mechanism.scale * math.log(1.0 / (2.0 * SHORTFALL_PROBABILITY))
+    account.add(StageSpend(stage="audit.count", event=mechanism.event(), epsilon=mechanism.epsilon, delta=0.0,
+                           mechanism="laplace", secure_noise=bool(noise.secure),
+                           detail={"statistic": "min(train rows, holdout rows)", "sensitivity": 1.0,
+                                   "scale": mechanism.scale, "margin": margin,
+                                   "purpose": "sets the audit's rows per side"}))  # before the data is touched
+    noisy = float(mechanism.release(np.array([float(min(n_members, n_non_members))]), noise=noise)[0])
+    k = int(min(float(max_rows), max(0.0, math.floor(noisy - margin))))
+    return k, noisy
+
+
+def slot_auc(member_scores: np.ndarray, non_member_scores: np.ndarray, *, rows_per_side: int) -> float:
+    """Mann-Whitney AUC over ``rows_per_side`` slots per side (ties count 1/2).
+
+    Missing slots (a side with fewer scores) and NaN scores are the attack's wins: a member slot at
+    ``+inf``, a non-member slot at ``-inf``. One slot moves the result by at most ``1 / rows_per_side``.
+
+    Raises:
+        ValueError: ``rows_per_side < 1``, or more scores than slots.
+    """
+    k = rows_per_side
+    if k < 1 or len(member_scores) > k or len(non_member_scores) > k:
+        raise ValueError(f"`rows_per_side` ({k}) must be >= 1 and hold every score "
+                         f"({len(member_scores)} members, {len(non_member_scores)} non-members)")
+    members = np.full(k, np.inf)
+    members[: len(member_scores)] = np.where(np.isnan(member_scores), np.inf, member_scores)
+    non_members = np.full(k, -np.inf)
+    non_members[: len(non_member_scores)] = np.where(np.isnan(non_member_scores), -np.inf, non_member_scores)
+    ranks = rankdata(np.concatenate([members, non_members]))  # average ranks: ties count 1/2
+    # Rank sums of up to 2k = 1e4 slots are exact in float64 (multiples of 1/2 below 2^52).
+    return float((math.fsum(ranks[:k]) - k * (k + 1) / 2.0) / (k * k))
+
+
+def release_auc(auc: float, *, rows_per_side: int, epsilon: float, noise: NoiseSource,
+                account: ReleaseAccount) -> tuple[float, float]:
+    """``auc`` plus Laplace noise; returns ``(noisy_auc, scale)``.
+
+    Privacy:
+        ``epsilon``-DP under add/remove one record, given ``rows_per_side`` (a DP output) and the synthetic
+        rows (already DP): the slot AUC has sensitivity ``1 / rows_per_side`` under the coupling in the
+        module docstring; Laplace scale ``1 / (rows_per_side epsilon)``. Recorded as stage ``audit.auc``.
+    """
+    mechanism = calibrated_laplace(sensitivity=1.0 / rows_per_side, epsilon=epsilon)
+    account.add(StageSpend(stage="audit.auc", event=mechanism.event(), epsilon=mechanism.epsilon, delta=0.0,
+                           mechanism="laplace", secure_noise=bool(noise.secure),
+                           detail={"statistic": "Mann-Whitney AUC over k slots per side",
+                                   "rows_per_side": rows_per_side, "sensitivity": 1.0 / rows_per_side,
+                                   "scale": mechanism.scale}))  # before the data is touched
+    noisy = float(mechanism.release(np.array([float(auc)]), noise=noise)[0])
+    return noisy, mechanism.scale
+
+
+def _slots(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Row positions for ``k`` slots: a uniform subset without replacement (all rows when ``n <= k``)."""
+    return rng.permutation(n) if n <= k else rng.choice(n, k, replace=False)
+
+
+def audit_membership(
+    synthetic: pd.DataFrame,
+    members: pd.DataFrame,
+    non_members: pd.DataFrame,
+    *,
+    spec: ReleaseSpec,
+    epsilon: float,
+    account: ReleaseAccount,
+    noise: NoiseSource,
+    sampler: np.random.Generator | None = None,
+) -> tuple[NoisyAudit, AuditDiagnostics]:
+    """The DP membership audit: published figures and exact diagnostics.
+
+    Args:
+        synthetic: the synthetic rows (the output of the generator's DP mechanism).
+        members: the rows the generator was fitted on.
+        non_members: the secret holdout.
+        spec: the resolved spec (declared domains for the features; ``audit`` settings).
+        epsilon: the plan's ``audit`` stage epsilon.
+        account: the release account; the spends are added to it before each noisy step.
+        noise: the privacy noise source (OpenDP's in releases).
+        sampler: secret randomness for choosing the slots; default: seeded from the OS CSPRNG. Tests
+            inject a seeded one; never the spec's public seed.
+
+    Privacy:
+        Spends at most ``epsilon`` (pure, delta 0) under add/remove one record of the input table, each
+        record having been put in ``members`` or ``non_members`` by its own secret coin: ``audit.count``
+        (``COUNT_SHARE`` of it, sensitivity 1) and ``audit.auc`` (the rest, sensitivity ``1 / k``). See
+        the module docstring for the proof sketch. The returned :class:`AuditDiagnostics` is not DP and
+        must stay in the restricted zone.
+    """
+    epsilon_count, epsilon_auc = split_epsilon(epsilon)
+    k, noisy_count = rows_per_side(len(members), len(non_members), epsilon=epsilon_count,
+                                   max_rows=spec.audit.max_audit_rows, noise=noise, account=account)
+    count_spend = account.spends[-1]
+    if k < 1:
+        published = NoisyAudit(attack=ATTACK, rows_per_side=0, noisy_auc=None, auc_upper=1.0,
+                               epsilon=count_spend.epsilon, auc_noise_scale=None,
+                               count_noise_scale=float(count_spend.detail["scale"]),
+                               shortfall_probability=SHORTFALL_PROBABILITY)
+        return published, AuditDiagnostics(exact=None, slot_auc=None, train_rows=len(members),
+                                            holdout_rows=len(non_members), noisy_count=noisy_count,
+                                            padded_members=0, padded_non_members=0)
+    rng = sampler if sampler is not None else np.random.default_rng(secrets.randbits(128))
+    mem = members.iloc[_slots(len(members), k, rng)]
+    non = non_members.iloc[_slots(len(non_members), k, rng)]
+    mem_scores, non_scores = dcr_scores(synthetic, mem, non, spec=spec)
+    statistic = slot_auc(mem_scores, non_scores, rows_per_side=k)
+    noisy_auc, scale = release_auc(statistic, rows_per_side=k, epsilon=epsilon_auc, noise=noise, account=account)
+    auc_spend = account.spends[-1]
+    spent = math.fsum([count_spend.epsilon, auc_spend.epsilon])
+    if spent > epsilon:
+        raise InternalError(f"the audit spent epsilon {spent!r}, more than its stage's {epsilon!r}")
+    published = NoisyAudit(
+        attack=ATTACK, rows_per_side=k, noisy_auc=noisy_auc,
+        auc_upper=auc_upper_bound(noisy_auc, k, k, extra_variance=2.0 * scale**2),
+        epsilon=spent, auc_noise_scale=scale, count_noise_scale=float(count_spend.detail["scale"]),
+        shortfall_probability=SHORTFALL_PROBABILITY,
+    )
+    exact = (attack_figures(mem_scores, non_scores, low_fpr=spec.audit.low_fpr, attack=ATTACK)
+             if len(mem) and len(non) else None)
+    diagnostics = AuditDiagnostics(exact=exact, slot_auc=statistic, train_rows=len(members),
+                                   holdout_rows=len(non_members), noisy_count=noisy_count,
+                                   padded_members=k - len(mem), padded_non_members=k - len(non))
+    return published, diagnostics
