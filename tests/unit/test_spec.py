@@ -145,5 +145,5 @@ def test_audit_share_is_planned_and_the_stages_fit_the_release(tmp_path):
     text = ISSUE_EXAMPLE.replace("lifetime_epsilon: 16.0}", "lifetime_epsilon: 16.0, allocation: {audit: 0.05}}")
     plan = plan_budget(load_spec(write(tmp_path, text)))
     assert plan.stage("audit").epsilon == pytest.approx(0.2)
-    assert plan.stage("generator").epsilon == pytest.approx(3.8)
+    assert plan.stage("generator").epsilon == pytest.approx(3.72)  # less the repairs count's default 2%
     assert sum(s.epsilon for s in plan.stages) <= 4.0 + 1e-12

@@ -98,7 +98,7 @@ def test_exact_figures_go_to_the_restricted_reports_only(audited):
 def test_manifest_parquet_metadata_and_summary_carry_noisy_figures_only(audited):
     ctx, fitted, paths, published, decision, _ = audited
     ctx.report("plan.json").write_text(json.dumps(plan_budget(ctx.spec).to_dict()))
-    ctx.report("validation.json").write_text(json.dumps({"passed": 1}))
+    ctx.report("validation.json").write_text(json.dumps({"summary": {"suite": "unit"}, "exact": {"passed": 1}}))
     files = stages.write_output(ctx, fitted, paths["synthetic"])
     meta = read_release_metadata(files[0])
     assert json.loads(meta["audit"]) == published.to_dict()
