@@ -16,7 +16,8 @@ a line that is not a JSON object. Messages never contain cell values: library me
 quote cells) are never shown, only their class. Column names count as schema metadata, with two
 cautions: when a declared column is missing, the "header" may really be a data row (a file without a
 header), so undeclared names are then counted, not named; and the keys of JSON Lines records can be
-per-record data, so undeclared keys are logged as a count only.
+per-record data, so undeclared keys are not logged at all (not even their number, a statistic of the
+records; ``load_source`` still returns them for the restricted zone).
 
 Memory: the source is streamed, never held as a whole. CSV is parsed by pyarrow from a file object
 (every declared column read as string, undeclared columns never materialised); JSON Lines is parsed
@@ -144,9 +145,7 @@ def read_source(spec: ReleaseSpec) -> pd.DataFrame:
     """
     loaded = load_source(spec)
     dropped = loaded.dropped_columns
-    if dropped and loaded.format == "jsonl":
-        logger.info("%s: dropped %d undeclared key(s)", loaded.source, len(dropped))
-    elif dropped:
+    if dropped and loaded.format != "jsonl":  # JSON Lines keys are per-record data: nothing is logged
         logger.info("%s: dropped %d undeclared column(s): %s", loaded.source, len(dropped),
                     ", ".join(f"`{name}`" for name in dropped))
     return loaded.frame
