@@ -36,6 +36,7 @@ from typing import Any
 __all__ = [
     "AlreadyPublishedError",
     "BudgetExceededError",
+    "ClusterError",
     "DataError",
     "GateFailedError",
     "GeneratorError",
@@ -47,6 +48,7 @@ __all__ = [
     "ReleaseIdConflictError",
     "ReleaseInProgressError",
     "SafeSynthError",
+    "SamplingError",
     "SchemaValidationError",
     "SourceMismatchError",
     "SourceReadError",
@@ -149,6 +151,17 @@ class ReleaseInProgressError(LedgerError):
 
 class GeneratorError(SafeSynthError):
     """Fitting or sampling a generator failed."""
+
+
+class SamplingError(GeneratorError):
+    """Distributed sampling failed: a shard kept killing workers, or a part is missing or altered.
+
+    Nothing is published; the parts written so far are removed.
+    """
+
+
+class ClusterError(SpecError):
+    """The Dask cluster cannot run the release as configured: unreachable, no workers, no GPU (exit code 2)."""
 
 
 class GateFailedError(SafeSynthError):

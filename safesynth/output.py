@@ -21,27 +21,59 @@ METADATA_PREFIX = "safesynth."
 
 
 def write_parquet(
-    frames: Iterable[pd.DataFrame],
+    batches: Iterable[pa.RecordBatch | pd.DataFrame],
     directory: Path,
     *,
     spec: ReleaseSpec,
     metadata: Mapping[str, Any],
+    rows_per_file: int | None = None,
 ) -> list[Path]:
-    """Write frames as ``part-00000.parquet``... with the release schema and key-value metadata.
+    """Stream rows into ``part-00000.parquet``... with the release schema and key-value metadata.
 
-    ``metadata`` values are stored as strings (dicts/lists as JSON) under ``safesynth.<key>``.
+    A new file starts every ``rows_per_file`` rows (default ``publish.rows_per_file``); only one batch is
+    in memory at a time. An empty input still gives one (empty) file. ``metadata`` values are stored as
+    strings (dicts/lists as JSON) under ``safesynth.<key>``.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    schema = arrow_schema(spec)
+    per = rows_per_file or spec.publish.rows_per_file
+    base = arrow_schema(spec)
     kv = {f"{METADATA_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v, sort_keys=True)
           for k, v in metadata.items()}
-    schema = schema.with_metadata({**(schema.metadata or {}), **{k.encode(): str(v).encode() for k, v in kv.items()}})
-    paths = []
-    for i, frame in enumerate(frames):
-        table = pa.Table.from_pandas(frame[list(spec.columns)], schema=schema, preserve_index=False)
-        path = directory / f"part-{i:05d}.parquet"
-        pq.write_table(table, path, compression="zstd", write_statistics=True)
+    extra = {k.encode(): str(v).encode() for k, v in kv.items()}
+    columns = list(spec.columns)
+    paths: list[Path] = []
+    writer: pq.ParquetWriter | None = None
+    schema: pa.Schema | None = None  # the base schema, plus the pandas metadata of the first batch
+    in_file = 0
+
+    def new_file() -> pq.ParquetWriter:
+        path = directory / f"part-{len(paths):05d}.parquet"
         paths.append(path)
+        return pq.ParquetWriter(path, schema or base.with_metadata({**(base.metadata or {}), **extra}),
+                                compression="zstd", write_statistics=True)
+
+    try:
+        for batch in batches:
+            table = (pa.Table.from_pandas(batch[columns], schema=base, preserve_index=False)
+                     if isinstance(batch, pd.DataFrame) else pa.Table.from_batches([batch]).select(columns))
+            if schema is None:  # keep pandas' dtypes metadata (nullable integers stay Int64 when read back)
+                schema = base.with_metadata({**(base.metadata or {}), **(table.schema.metadata or {}), **extra})
+            table = table.cast(schema)
+            offset = 0
+            while offset < table.num_rows:
+                if writer is None or in_file >= per:
+                    if writer is not None:
+                        writer.close()
+                    writer, in_file = new_file(), 0
+                take = min(per - in_file, table.num_rows - offset)
+                writer.write_table(table.slice(offset, take))
+                offset += take
+                in_file += take
+        if writer is None:
+            writer = new_file()
+    finally:
+        if writer is not None:
+            writer.close()
     return paths
 
 

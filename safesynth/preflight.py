@@ -63,3 +63,6 @@ def preflight(spec: ReleaseSpec) -> None:
     check_source(spec)
     check_target(spec)
     preflight_ledger(spec)
+    from safesynth.sampling.cluster import preflight_cluster
+
+    preflight_cluster(spec)

@@ -276,6 +276,30 @@ class SamplingSpec(_Frozen):
     seed: int = Field(0, ge=0, description="Seed for everything except privacy noise.")
     batch_size: int = Field(256, ge=1, description="Rows generated per model call.")
     shard_rows: int = Field(10_000, ge=1, description="Rows per shard (unit of distributed sampling).")
+    scheduler: str | None = Field(
+        None, description="Address of an existing Dask scheduler (tcp://host:8786); else $SAFESYNTH_DASK_SCHEDULER; "
+                          "else a LocalCluster is started for the stage and closed after it.")
+    cluster: Literal["local", "cuda"] = Field(
+        "local", description="Cluster started without a scheduler: a LocalCluster, or dask_cuda.LocalCUDACluster "
+                             "(one worker per GPU; needs safesynth[cuda]).")
+    workers: int | None = Field(
+        None, ge=1, le=1024, description="Workers of the started LocalCluster; default: one per CPU core, at most "
+                                         "one per shard.")
+    gpu: bool = Field(False, description="Each shard task requests resources={'GPU': 1} from the cluster.")
+    model_store: str | None = Field(
+        None, description="fsspec URL that the client and every worker can read and write (restricted, e.g. "
+                          "s3://bucket/safesynth-scratch): the fitted model and the sampled parts go under a "
+                          "per-run prefix there. Default: the run's private work directory (workers on this host).")
+    worker_wait_s: float = Field(
+        120.0, gt=0.0, le=86_400.0, description="Fail when no worker can run a shard (none alive, none with a GPU) "
+                                               "for this long, instead of waiting forever.")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$", value):
+            raise ValueError(f"must be a Dask scheduler address such as tcp://host:8786, not {value!r}")
+        return value
 
 
 class AuditSpec(_Frozen):

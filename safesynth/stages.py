@@ -30,7 +30,7 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -49,7 +49,14 @@ from safesynth.schema import arrow_schema
 from safesynth.spec import ReleaseSpec, load_spec
 from safesynth.workspace import Workspace, safesynth_home
 
+if TYPE_CHECKING:
+    from safesynth.sampling import SampledRows
+    from safesynth.sampling.fanout import ProgressCallback
+
 log = logging.getLogger("safesynth")
+
+#: In the work directory: the ``sampling.model_store`` prefix of this run, removed at cleanup.
+_REMOTE_SCRATCH = "remote_scratch.txt"
 
 __all__ = [
     "Fitted",
@@ -383,29 +390,36 @@ def _check_within_plan(spec: ReleaseSpec, account: ReleaseAccount) -> None:
         )
 
 
-def shard_plan(spec: ReleaseSpec) -> list[tuple[int, int, int]]:
-    """``(shard, rows, seed)`` per shard: fixed by the spec, so a retried shard is identical."""
-    rows, per = spec.sampling.rows, spec.sampling.shard_rows
-    shards = []
-    for i, start in enumerate(range(0, rows, per)):
-        seed = int(np.random.SeedSequence([spec.sampling.seed, 2, i]).generate_state(1)[0])
-        shards.append((i, min(per, rows - start), seed))
-    return shards
+def sample(ctx: RunContext, fitted: Fitted, *, progress: ProgressCallback | None = None) -> SampledRows:
+    """Sample ``sampling.rows`` rows on Dask, one task per shard (post-processing: reads no private data).
 
-
-def sample(ctx: RunContext, fitted: Fitted) -> Path:
-    """Sample the spec's number of rows, shard by shard (post-processing: reads no private data)."""
-    spec = fitted.schema.spec
-    model = get_backend(spec.generator.kind).load(fitted.model_dir, spec=spec)
+    Workers write the parts straight into the run's scratch (its private work directory, or a per-run
+    prefix of ``sampling.model_store``); the rows never pass through this process as one DataFrame. Every
+    part is checked against the shard plan before the release goes on. See :mod:`safesynth.sampling`.
+    """
     from tqdm.auto import tqdm
 
-    shards = shard_plan(spec)
-    frames = [model.sample(rows, seed=seed)
-              for _, rows, seed in tqdm(shards, desc="sampling", unit="shard", disable=None)]
-    out = ctx.path("synthetic.parquet")
-    pd.concat(frames, ignore_index=True).to_parquet(out, index=False)
-    log.info("sampled %d rows in %d shards", spec.sampling.rows, len(frames))
-    return out
+    from safesynth.sampling import Progress, sample_on_cluster, scratch_for
+
+    spec = fitted.schema.spec
+    scratch = scratch_for(spec, fitted.model_dir, Path(ctx.workspace.workdir), dataset=spec.dataset,
+                          release_id=ctx.release_id)
+    if scratch.remote_prefix is not None:  # removed by cleanup, whatever happens
+        ctx.path(_REMOTE_SCRATCH).write_text(scratch.remote_prefix, encoding="utf-8")
+    logged = [0]
+    with tqdm(total=spec.sampling.rows, desc="sampling", unit="row", unit_scale=True, disable=None) as bar:
+
+        def report(p: Progress) -> None:
+            bar.update(p.rows_done - bar.n)
+            bar.set_postfix_str(f"{p.shards_done}/{p.shards} shards", refresh=False)
+            decile = 10 * p.shards_done // p.shards
+            if decile > logged[0] or p.shards_done == p.shards:
+                logged[0] = decile
+                log.info("sampling: %d/%d shards, %d/%d rows", p.shards_done, p.shards, p.rows_done, p.rows)
+            if progress is not None:
+                progress(p)
+
+        return sample_on_cluster(spec, fitted.model_dir, scratch, progress=report)
 
 
 # ------------------------------------------------------------------------------------ output, audit
@@ -424,7 +438,7 @@ def load_account(ctx: RunContext) -> ReleaseAccount:
     return account
 
 
-def write_output(ctx: RunContext, fitted: Fitted, synthetic_path: Path) -> list[Path]:
+def write_output(ctx: RunContext, fitted: Fitted, synthetic: SampledRows) -> list[Path]:
     """Parquet files with the declared schema, the privacy parameters and the gate in the key-value metadata.
 
     Runs after the gate, so the release's epsilon includes the audit's spend; the audit figures written
@@ -434,9 +448,6 @@ def write_output(ctx: RunContext, fitted: Fitted, synthetic_path: Path) -> list[
     summary = load_account(ctx).summary()
     published = {name: json.loads(ctx.report(f"{name}.json").read_text())
                  for name in ("audit_dp", "gate") if ctx.report(f"{name}.json").exists()}
-    frame = pd.read_parquet(synthetic_path)
-    per = spec.publish.rows_per_file
-    chunks = [frame.iloc[i : i + per] for i in range(0, len(frame), per)] or [frame]
     metadata = {
         "dataset": spec.dataset, "release_id": ctx.release_id, "spec_digest": ctx.spec.digest(),
         "epsilon": repr(summary["epsilon"]), "delta": repr(summary["delta"]), "accountant": summary["accountant"],
@@ -451,10 +462,10 @@ def write_output(ctx: RunContext, fitted: Fitted, synthetic_path: Path) -> list[
     }
     out_dir = ctx.path("output")
     shutil.rmtree(out_dir, ignore_errors=True)
-    return write_parquet(chunks, out_dir, spec=spec, metadata=metadata)
+    return write_parquet(synthetic.batches(), out_dir, spec=spec, metadata=metadata)
 
 
-def audit(ctx: RunContext, fitted: Fitted, synthetic_path: Path, train_path: Path, holdout_path: Path, *,
+def audit(ctx: RunContext, fitted: Fitted, synthetic: SampledRows, train_path: Path, holdout_path: Path, *,
           noise: NoiseSource | None = None) -> NoisyAudit:
     """The DP membership audit (fitted rows vs holdout against the synthetic rows), charged to the plan.
 
@@ -469,7 +480,7 @@ def audit(ctx: RunContext, fitted: Fitted, synthetic_path: Path, train_path: Pat
     account = load_account(ctx)
     try:
         published, diagnostics = audit_membership(
-            pd.read_parquet(synthetic_path), pd.read_parquet(train_path), pd.read_parquet(holdout_path),
+            synthetic.read(), pd.read_parquet(train_path), pd.read_parquet(holdout_path),
             spec=spec, epsilon=stage.epsilon, account=account, noise=noise or default_noise(),
         )
     finally:
@@ -564,5 +575,17 @@ def is_published(ctx: RunContext) -> bool:
 
 
 def cleanup(ctx: RunContext) -> None:
-    """Remove the attempt's work directory (private rows, models); the restricted reports stay."""
-    ctx.workspace.close()
+    """Remove the attempt's work directory (private rows, models) and its ``sampling.model_store`` scratch.
+
+    The restricted reports stay.
+    """
+    marker = ctx.path(_REMOTE_SCRATCH)
+    try:
+        if marker.exists():
+            from safesynth.sampling.parts import remove_tree
+
+            remove_tree(marker.read_text(encoding="utf-8").strip())
+    except Exception as exc:  # noqa: BLE001 - cleanup must not mask the release's own outcome
+        log.warning("could not remove the sampling scratch in sampling.model_store (%s)", exc.__class__.__name__)
+    finally:
+        ctx.workspace.close()

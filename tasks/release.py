@@ -15,10 +15,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from prefect import Task, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from safesynth import stages
 from safesynth.errors import InternalError
+from safesynth.sampling import Progress, SampledRows
 
 T = TypeVar("T")
 
@@ -33,7 +35,22 @@ ingest = task(stages.ingest, name="ingest", **PRIVATE)
 validate = task(stages.validate, name="validate", **PRIVATE)
 split = task(stages.split, name="split-holdout", **PRIVATE)
 fit = task(stages.fit, name="fit-dp-generator", **PRIVATE)
-sample = task(stages.sample, name="sample", **PRIVATE)
+
+
+def _sample_with_progress(ctx: stages.RunContext, fitted: stages.Fitted) -> SampledRows:
+    """:func:`stages.sample` with a Prefect progress artifact that follows the finished shards."""
+    artifact = create_progress_artifact(0.0, key="sampling-progress",
+                                        description=f"Shards sampled for release {ctx.release_id}")
+
+    def progress(p: Progress) -> None:
+        update_progress_artifact(artifact, 100.0 * p.rows_done / p.rows,
+                                 description=f"{p.shards_done}/{p.shards} shards of release {ctx.release_id}")
+
+    return stages.sample(ctx, fitted, progress=progress)
+
+
+_sample_with_progress.stage = stages.sample  # type: ignore[attr-defined]  # what run_as_task checks
+sample = task(_sample_with_progress, name="sample", **PRIVATE)
 write_output = task(stages.write_output, name="write-parquet", **PRIVATE)
 audit = task(stages.audit, name="audit", **PRIVATE)
 gate = task(stages.gate, name="gate", **PRIVATE)
@@ -50,7 +67,7 @@ TASKS: dict[str, Task[..., Any]] = {t.name: t for t in (
 def run_as_task(name: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """A :class:`safesynth.release.Runner` that runs each stage as its Prefect task."""
     wrapped = TASKS.get(name)
-    if wrapped is None or wrapped.fn is not fn:
+    if wrapped is None or (wrapped.fn is not fn and getattr(wrapped.fn, "stage", None) is not fn):
         raise InternalError(f"no Prefect task wraps stage `{name}` ({getattr(fn, '__name__', fn)})")
     result: T = wrapped(*args, **kwargs)
     return result

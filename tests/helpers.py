@@ -79,3 +79,15 @@ def rows_valid(frame: pd.DataFrame, spec: ReleaseSpec) -> bool:
         if kind == "datetime" and len(v) and (v.min() < pd.Timestamp(col.min) or v.max() > pd.Timestamp(col.max)):
             return False
     return True
+
+
+def as_sampled(frame, spec, path):
+    """``frame`` as the sample stage's output: one part at ``path`` (for stages after sampling)."""
+    import hashlib
+
+    from safesynth.sampling.parts import Part, SampledRows, encode_part, write_bytes
+
+    data = encode_part(frame, spec)
+    write_bytes(str(path), data)
+    return SampledRows((Part(shard=0, uri=str(path), rows=len(frame), size=len(data),
+                             sha256=hashlib.sha256(data).hexdigest()),))

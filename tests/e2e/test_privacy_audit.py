@@ -87,7 +87,7 @@ def share_of_a(spec: Path, frame: pd.DataFrame, split: Callable[..., tuple[Path,
         clean = ctx.path("clean.parquet")
         frame.to_parquet(clean, index=False)
         train, _ = split(ctx, clean)
-        synthetic = pd.read_parquet(stages.sample(ctx, stages.fit(ctx, train)))
+        synthetic = stages.sample(ctx, stages.fit(ctx, train)).read()
         return float((synthetic["c"] == "a").mean())
     finally:
         stages.cleanup(ctx)

@@ -118,6 +118,17 @@ def check_release(tmp_path: Path, spec_path: Path, release_id: str) -> dict:
     return manifest
 
 
+def sampling_progress(flow_run_id) -> list[float]:
+    """The final values of the flow run's sampling progress artifacts, read back from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["sampling-progress"]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return [float(a.data) for a in artifacts]
+
+
 def test_flow_publishes_the_demo_release(tmp_path, safesynth_home, prefect_harness):
     spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml")
     state = run_flow(spec, "demo-e2e")
@@ -128,6 +139,7 @@ def test_flow_publishes_the_demo_release(tmp_path, safesynth_home, prefect_harne
     assert "element_count" not in json.dumps(manifest["validation"])  # no private row counts
     assert manifest["validation"]["records_repaired_or_dropped"]["sensitivity"] == 1  # a DP count only
     assert "repairs" in [s["stage"] for s in manifest["privacy"]["stages"]]
+    assert sampling_progress(state.state_details.flow_run_id) == [100.0]  # the shards' progress artifact
     # Same release id again: idempotent, nothing spent, nothing rewritten.
     before = {p: p.read_bytes() for p in published_files(tmp_path)}
     again = run_flow(spec, "demo-e2e")

@@ -21,7 +21,7 @@ from safesynth.output import read_release_metadata
 from safesynth.privacy import ReleaseAccount, plan_budget
 from safesynth.release import ReleaseOutcome, render_summary
 from safesynth.workspace import Workspace
-from tests.helpers import make_spec, mixed_frame
+from tests.helpers import as_sampled, make_spec, mixed_frame
 
 EXACT_KEYS = {"members", "non_members", "tpr_at_low_fpr", "tpr_upper", "train_rows", "holdout_rows", "noisy_count",
               "slot_auc", "exact", "padded_members", "padded_non_members"}
@@ -61,6 +61,7 @@ def audited(tmp_path, safesynth_home, caplog):
                         "holdout": mixed_frame(650, seed=2)}.items():
         paths[name] = ctx.path(f"{name}.parquet")
         frame.to_parquet(paths[name], index=False)
+    paths["synthetic"] = as_sampled(mixed_frame(500, seed=3), spec, ctx.path("parts/part-00000.parquet"))
     fitted = stages.Fitted(model_dir=ctx.path("model"), schema=stages.ResolvedSpec(spec))
     with caplog.at_level(logging.INFO, logger="safesynth"):
         published = stages.audit(ctx, fitted, paths["synthetic"], paths["train"], paths["holdout"],

@@ -1,0 +1,176 @@
+"""The Dask cluster a release samples on: an existing scheduler, or one started for the stage.
+
+* ``sampling.scheduler`` (else ``$SAFESYNTH_DASK_SCHEDULER``): connect to that scheduler; its workers are
+  the operator's (they must run the same safesynth, dask and distributed versions as the client).
+* otherwise ``sampling.cluster: local`` starts a :class:`distributed.LocalCluster` of worker processes
+  (``sampling.workers``, default one per core, at most one per shard; one thread each; torch threads split
+  between them; memory split evenly), and ``sampling.cluster: cuda`` starts
+  ``dask_cuda.LocalCUDACluster`` (one worker per visible GPU, each advertising ``resources={"GPU": 1}``).
+  A started cluster is closed when the stage ends, however it ends.
+
+With ``sampling.gpu: true`` every shard task requests ``resources={"GPU": 1}``. Dask would leave such a
+task pending forever when no worker has a GPU, so the cluster is checked first (:func:`check_workers`)
+and the stage fails with :class:`~safesynth.errors.ClusterError` (exit code 2) instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from safesynth.errors import ClusterError, SpecError
+from safesynth.spec import ReleaseSpec
+
+__all__ = ["ClusterPlan", "check_workers", "open_client", "plan_cluster", "preflight_cluster", "scheduler_address"]
+
+log = logging.getLogger("safesynth")
+
+ENV_SCHEDULER = "SAFESYNTH_DASK_SCHEDULER"
+CONNECT_TIMEOUT_S = 20
+#: Pre-flight only asks whether the scheduler answers at all.
+PREFLIGHT_TIMEOUT_S = 10
+
+
+def scheduler_address(spec: ReleaseSpec) -> str | None:
+    """``sampling.scheduler``, else ``$SAFESYNTH_DASK_SCHEDULER``, else None (start a cluster)."""
+    address = spec.sampling.scheduler or os.environ.get(ENV_SCHEDULER) or None
+    if address is not None and "://" not in address:
+        raise SpecError(f"${ENV_SCHEDULER} ({address!r}) must be a Dask scheduler address such as tcp://host:8786")
+    return address
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _cuda_devices() -> int:
+    """GPUs visible to this process (0 with the CPU build of torch)."""
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterPlan:
+    """How the stage gets its workers (public: derived from the spec and this machine only)."""
+
+    address: str | None  # an existing scheduler, or None to start a cluster
+    kind: str  # "external", "local" or "cuda"
+    workers: int | None  # started workers (None: the operator's, or one per GPU)
+    torch_threads: int | None  # torch threads per started worker (None: the worker's own setting)
+    gpu_per_worker: int  # GPU resource advertised by each started local worker
+
+
+def plan_cluster(spec: ReleaseSpec, *, shards: int) -> ClusterPlan:
+    """Decide where sampling runs; nothing is started. Raises SpecError/ClusterError for impossible asks."""
+    s = spec.sampling
+    address = scheduler_address(spec)
+    if address is not None:
+        return ClusterPlan(address=address, kind="external", workers=None, torch_threads=None, gpu_per_worker=0)
+    if s.cluster == "cuda":
+        try:
+            import dask_cuda  # noqa: F401
+        except ImportError as exc:
+            raise ClusterError("`sampling.cluster: cuda` needs dask-cuda: install safesynth[cuda] (and a CUDA "
+                               "build of torch) on this machine") from exc
+        if _cuda_devices() == 0:
+            raise ClusterError("`sampling.cluster: cuda` but this machine has no CUDA device")
+        return ClusterPlan(address=None, kind="cuda", workers=None, torch_threads=1, gpu_per_worker=1)
+    cores = _cores()
+    workers = s.workers if s.workers is not None else max(1, min(cores, shards))
+    gpus = 1 if s.gpu and _cuda_devices() > 0 else 0
+    if s.gpu and not gpus:
+        raise ClusterError("`sampling.gpu: true` but this machine has no CUDA device for the local cluster's "
+                           "workers (set sampling.gpu: false, or point sampling.scheduler at GPU workers)")
+    return ClusterPlan(address=None, kind="local", workers=workers, torch_threads=max(1, cores // workers),
+                       gpu_per_worker=gpus)
+
+
+@contextlib.contextmanager
+def open_client(plan: ClusterPlan, *, announce: bool = True, timeout: float = CONNECT_TIMEOUT_S) -> Iterator[Any]:
+    """A :class:`distributed.Client` on the planned cluster; a started cluster is closed on exit."""
+    from distributed import Client, LocalCluster
+
+    cluster: Any = None
+    try:
+        if plan.address is not None:
+            try:
+                client = Client(plan.address, timeout=timeout)  # type: ignore[no-untyped-call]
+            except (OSError, TimeoutError) as exc:
+                raise ClusterError(f"cannot reach the Dask scheduler at {plan.address} "
+                                   f"({exc.__class__.__name__})") from exc
+        else:
+            env = {"SAFESYNTH_TORCH_THREADS": str(plan.torch_threads or 1), "OMP_NUM_THREADS": "1"}
+            if plan.kind == "cuda":
+                from dask_cuda import LocalCUDACluster
+
+                cluster = LocalCUDACluster(threads_per_worker=1, dashboard_address=":0", resources={"GPU": 1},
+                                           env=env)
+            else:
+                resources = {"GPU": plan.gpu_per_worker} if plan.gpu_per_worker else None
+                cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                    n_workers=plan.workers, threads_per_worker=1, processes=True, memory_limit="auto",
+                    dashboard_address=":0", resources=resources, env=env)
+            client = Client(cluster)  # type: ignore[no-untyped-call]
+        if announce:
+            try:
+                link = client.dashboard_link
+            except Exception:  # noqa: BLE001 - no dashboard (bokeh missing on the scheduler)
+                link = "none"
+            workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+            where = plan.address or f"a {'LocalCUDACluster' if plan.kind == 'cuda' else 'LocalCluster'} started here"
+            log.info("sampling on %s: %d worker%s; dashboard %s", where, workers, "" if workers == 1 else "s", link)
+        try:
+            yield client
+        finally:
+            client.close()  # type: ignore[no-untyped-call]
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def check_workers(client: Any, *, gpu: bool) -> int:
+    """The number of workers that can run a shard; raises ClusterError when that number is zero.
+
+    With ``gpu`` only workers advertising a ``GPU`` resource count: a GPU task on a cluster without one
+    would otherwise wait forever.
+    """
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    if gpu:
+        able = [w for w in workers.values() if float((w.get("resources") or {}).get("GPU", 0)) >= 1]
+        if not able:
+            raise ClusterError(
+                f"`sampling.gpu: true` but none of the cluster's {len(workers)} workers advertises a GPU "
+                "(start them with `dask worker --resources GPU=1` or `dask cuda worker`)")
+        return len(able)
+    if not workers:
+        raise ClusterError("the Dask cluster has no workers")
+    return len(workers)
+
+
+def preflight_cluster(spec: ReleaseSpec) -> None:
+    """Before any budget is reserved: can the configured cluster run this release's shards at all?
+
+    A local plan is checked without starting anything (dask-cuda installed, CUDA present when asked for).
+    An existing scheduler is contacted: it must answer, and with ``sampling.gpu`` its workers (if any
+    are connected yet) must include a GPU worker. ``sampling.model_store`` must be a usable fsspec URL.
+    """
+    store = spec.sampling.model_store
+    if store is not None:
+        import fsspec
+
+        try:
+            fsspec.core.url_to_fs(store)
+        except (ImportError, ValueError) as exc:
+            raise SpecError(f"`sampling.model_store` ({store}) is not a usable fsspec URL "
+                            f"({exc.__class__.__name__})") from exc
+    plan = plan_cluster(spec, shards=1)
+    if plan.address is None:
+        return
+    with open_client(plan, announce=False, timeout=PREFLIGHT_TIMEOUT_S) as client:
+        if client.scheduler_info(n_workers=-1).get("workers"):
+            check_workers(client, gpu=spec.sampling.gpu)
