@@ -1,0 +1,201 @@
+"""A lean decoder for Llama-architecture models over a static KV cache (inference only).
+
+At the default model size (2 layers, width 64) one HF forward call per token costs far more in Python
+and module dispatch (``DynamicCache``, mask building, rotary recomputation, ~40 ``nn.Module`` calls)
+than in arithmetic. :class:`LlamaDecoder` reads the weights of a ``LlamaForCausalLM`` once and runs
+the same maths with a handful of tensor calls per layer:
+
+* q, k and v projections fused into one matrix product, gate and up projections into another;
+* rotary ``cos``/``sin`` computed once for every position by the model's own rotary module (so every
+  RoPE type whose tables depend only on the position is reproduced exactly);
+* a preallocated cache ``[max_length, B, kv_heads, 1, head_dim]`` per layer (position-major, so a
+  step writes one contiguous block) attended on its filled prefix: every row of a batch sits at the
+  same position, so no attention mask is built; grouped-query attention broadcasts the kv heads;
+* embedding and output rows restricted to the codec's symbols (``model_ids``), so the logits come
+  out in codec ids and a pretrained model's large vocabulary costs nothing per step.
+
+:meth:`LlamaDecoder.for_model` returns ``None`` for anything it does not reproduce exactly (another
+architecture, attention or MLP biases, an activation other than SiLU, a position-dependent RoPE
+such as ``dynamic`` or ``longrope``, a model in training mode); callers then use the HF forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeGuard
+
+import torch
+from torch.nn import functional as F
+from transformers import LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecoderLayer, LlamaMLP, LlamaRMSNorm
+
+from safesynth.errors import InternalError
+
+__all__ = ["LlamaDecoder"]
+
+#: RoPE types whose cos/sin tables depend only on the position (``dynamic``/``longrope`` do not).
+_STATIC_ROPE = frozenset({"default", "linear", "llama3", "yarn"})
+#: Up to this many cached positions attention is computed by broadcasting, beyond by SDPA.
+_SHORT = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Layer:
+    norm1: torch.Tensor
+    qkv: torch.Tensor  # [(heads + 2 kv_heads) * head_dim, hidden]
+    out: torch.Tensor
+    norm2: torch.Tensor
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    down: torch.Tensor
+
+
+def _rope_type(config: object) -> str | None:
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict):
+        kind = params.get("rope_type", "default")
+        return kind if isinstance(kind, str) else None
+    return None
+
+
+def _layers(model: LlamaForCausalLM) -> list[LlamaDecoderLayer]:
+    return [layer for layer in model.model.layers if isinstance(layer, LlamaDecoderLayer)]
+
+
+def _supported(model: torch.nn.Module) -> TypeGuard[LlamaForCausalLM]:
+    """Whether ``model`` is a plain HF ``LlamaForCausalLM`` whose maths this module reproduces exactly."""
+    if type(model) is not LlamaForCausalLM or model.training:
+        return False
+    config = model.config
+    rope = getattr(config, "rope_parameters", None) or {}
+    if (getattr(config, "model_type", None) != "llama" or getattr(config, "hidden_act", None) != "silu"
+            or getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)
+            or getattr(config, "pretraining_tp", 1) not in (None, 1) or _rope_type(config) not in _STATIC_ROPE
+            or rope.get("partial_rotary_factor", 1.0) != 1.0
+            or config.num_attention_heads % (config.num_key_value_heads or config.num_attention_heads)):
+        return False
+    layers = list(model.model.layers)
+    if (len(layers) != config.num_hidden_layers or len(_layers(model)) != len(layers)
+            or type(model.model.norm) is not LlamaRMSNorm):
+        return False
+    for layer in _layers(model):
+        if (type(layer) is not LlamaDecoderLayer or type(layer.self_attn) is not LlamaAttention
+                or type(layer.mlp) is not LlamaMLP or type(layer.input_layernorm) is not LlamaRMSNorm
+                or type(layer.post_attention_layernorm) is not LlamaRMSNorm
+                or layer.self_attn.head_dim % 2):
+            return False
+    head = model.get_output_embeddings()
+    return isinstance(head, torch.nn.Linear) and head.bias is None
+
+
+class LlamaDecoder:
+    """Cache-backed forward passes of a ``LlamaForCausalLM`` for one batch of rows, one position at a time.
+
+    Tokens in and logits out are codec ids (``model_ids[i]`` is the model's id of codec symbol ``i``).
+    Every row of the batch is at the same position; :meth:`select` keeps a subset of the rows.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, *, model_ids: torch.Tensor, batch: int, max_length: int) -> None:
+        inner = model.model
+        layers = _layers(model)
+        weight = inner.embed_tokens.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        ids = model_ids.to(self.device)
+        head = model.get_output_embeddings()
+        if not isinstance(head, torch.nn.Linear):
+            raise InternalError(f"the output layer ({type(head).__name__}) must be a Linear")
+        self.embed = weight.detach().index_select(0, ids)
+        self.head = head.weight.detach().index_select(0, ids)
+        self.final_norm = inner.norm.weight.detach()
+        self.eps = float(inner.norm.variance_epsilon)
+        attention = layers[0].self_attn
+        self.heads = int(model.config.num_attention_heads)
+        self.kv_heads = int(model.config.num_key_value_heads or self.heads)
+        self.head_dim = int(attention.head_dim)
+        self.scale = float(attention.scaling)
+        self.layers = [
+            _Layer(
+                norm1=layer.input_layernorm.weight.detach(),
+                qkv=torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight,
+                               layer.self_attn.v_proj.weight]).detach(),
+                out=layer.self_attn.o_proj.weight.detach(),
+                norm2=layer.post_attention_layernorm.weight.detach(),
+                gate_up=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]).detach(),
+                down=layer.mlp.down_proj.weight.detach(),
+            )
+            for layer in layers
+        ]
+        # The model's own rotary module, once for every position: identical tables to its forward.
+        positions = torch.arange(max_length, device=self.device)[None]
+        cos, sin = inner.rotary_emb(self.embed[:1, None], positions)
+        # rotate_half(x) * sin == roll(x, half) * (sin with its first half negated), exactly.
+        half = self.head_dim // 2
+        self.cos, self.sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)  # [max_length, head_dim]
+        # Position-major cache: writing a step is one contiguous copy, reading the prefix a contiguous slice.
+        shape = (max_length, batch, self.kv_heads, 1, self.head_dim)
+        self.keys = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.values = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.length = 0
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, *, model_ids: torch.Tensor, batch: int,
+                  max_length: int) -> LlamaDecoder | None:
+        """The fast decoder for ``model``, or ``None`` when only the HF forward is exact for it."""
+        if not _supported(model):
+            return None
+        return cls(model, model_ids=model_ids, batch=batch, max_length=max_length)
+
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # LlamaRMSNorm: normalise in float32, cast back, then scale.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return weight * h.to(x.dtype)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(x * cos, x.roll(self.head_dim // 2, -1), sin)
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Attention of one query per row (``[B, kv, groups, head_dim]``) over the cached prefix."""
+        if len(keys) <= _SHORT:
+            # Few positions: broadcast products beat a batched matrix product of tiny matrices.
+            scores = (keys * (q * self.scale)).sum(-1)  # [T, B, kv, groups]
+            weights = torch.softmax(scores.float(), dim=0).to(q.dtype)
+            return (weights.unsqueeze(-1) * values).sum(0)
+        batch, kv, groups, dim = q.shape
+        attended = F.scaled_dot_product_attention(
+            q.reshape(batch, kv * groups, 1, dim), keys[:, :, :, 0].permute(1, 2, 0, 3),
+            values[:, :, :, 0].permute(1, 2, 0, 3), scale=self.scale, enable_gqa=groups > 1)
+        return attended.view(batch, kv, groups, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens`` (codec ids ``[B, S]``) at the next ``S`` positions; logits ``[B, V]`` of the last.
+
+        Several tokens (a prompt) are fed one position at a time: the same causal attention as one
+        masked pass, and prompts here are a token or two.
+        """
+        logits = self._step(tokens[:, 0])
+        for t in range(1, tokens.shape[1]):
+            logits = self._step(tokens[:, t])
+        return logits
+
+    def _step(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch = len(tokens)
+        t = self.length
+        heads, kv, dim = self.heads, self.kv_heads, self.head_dim
+        cos, sin = self.cos[t], self.sin[t]
+        x = F.embedding(tokens, self.embed)  # [B, hidden]
+        for layer, keys, values in zip(self.layers, self.keys, self.values, strict=True):
+            qkv = F.linear(self._rms(x, layer.norm1), layer.qkv).view(batch, heads + 2 * kv, dim)
+            qk = self._rotate(qkv[:, :heads + kv], cos, sin)
+            keys[t] = qk[:, heads:, None]
+            values[t] = qkv[:, heads + kv:, None]
+            attended = self._attend(qk[:, :heads].view(batch, kv, heads // kv, dim), keys[:t + 1], values[:t + 1])
+            x = x + F.linear(attended.reshape(batch, heads * dim), layer.out)
+            gate, up = F.linear(self._rms(x, layer.norm2), layer.gate_up).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, layer.down)
+        self.length = t + 1
+        return F.linear(self._rms(x, self.final_norm), self.head)
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only rows ``keep`` (indices into the current batch) in the cache."""
+        self.keys = [k.index_select(1, keep) for k in self.keys]
+        self.values = [v.index_select(1, keep) for v in self.values]
