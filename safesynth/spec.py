@@ -258,6 +258,10 @@ class LLMGeneratorSpec(_Frozen):
     physical_batch_size: int = Field(
         256, ge=1, description="Records per forward/backward pass (memory only; privacy is unchanged)."
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train and sample: auto (a CUDA GPU when torch sees one, else the CPU), "
+        "cpu or cuda (fails before any budget is reserved when there is none)."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> LLMGeneratorSpec:
