@@ -5,7 +5,8 @@ and module dispatch (``DynamicCache``, mask building, rotary recomputation, ~40 
 than in arithmetic. :class:`LlamaDecoder` reads the weights of a ``LlamaForCausalLM`` once and runs
 the same maths with a handful of tensor calls per layer:
 
-* q, k and v projections fused into one matrix product, gate and up projections into another;
+* q, k and v projections fused into one matrix product, gate and up projections into another, each
+  RMSNorm's scale folded into the matrix after it, residual additions done by ``addmm``;
 * rotary ``cos``/``sin`` computed once for every position by the model's own rotary module (so every
   RoPE type whose tables depend only on the position is reproduced exactly);
 * a preallocated cache ``[max_length, B, kv_heads, 1, head_dim]`` per layer (position-major, so a
@@ -41,12 +42,12 @@ _SHORT = 64
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Layer:
-    norm1: torch.Tensor
+    """One decoder layer's weights; each RMSNorm's scale is folded into the projection that follows it."""
+
     qkv: torch.Tensor  # [(heads + 2 kv_heads) * head_dim, hidden]
-    out: torch.Tensor
-    norm2: torch.Tensor
+    out_t: torch.Tensor  # [heads * head_dim, hidden] (transposed for addmm)
     gate_up: torch.Tensor  # [2 * intermediate, hidden]
-    down: torch.Tensor
+    down_t: torch.Tensor  # [intermediate, hidden]
 
 
 def _rope_type(config: object) -> str | None:
@@ -104,8 +105,8 @@ class LlamaDecoder:
         if not isinstance(head, torch.nn.Linear):
             raise InternalError(f"the output layer ({type(head).__name__}) must be a Linear")
         self.embed = weight.detach().index_select(0, ids)
-        self.head = head.weight.detach().index_select(0, ids)
-        self.final_norm = inner.norm.weight.detach()
+        # W @ (g * h) == (W * g) @ h: the norms' scales ride along in the matrix products.
+        self.head = head.weight.detach().index_select(0, ids) * inner.norm.weight.detach()
         self.eps = float(inner.norm.variance_epsilon)
         attention = layers[0].self_attn
         self.heads = int(model.config.num_attention_heads)
@@ -114,13 +115,12 @@ class LlamaDecoder:
         self.scale = float(attention.scaling)
         self.layers = [
             _Layer(
-                norm1=layer.input_layernorm.weight.detach(),
                 qkv=torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight,
-                               layer.self_attn.v_proj.weight]).detach(),
-                out=layer.self_attn.o_proj.weight.detach(),
-                norm2=layer.post_attention_layernorm.weight.detach(),
-                gate_up=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]).detach(),
-                down=layer.mlp.down_proj.weight.detach(),
+                               layer.self_attn.v_proj.weight]).detach() * layer.input_layernorm.weight.detach(),
+                out_t=layer.self_attn.o_proj.weight.detach().t().contiguous(),
+                gate_up=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]).detach()
+                * layer.post_attention_layernorm.weight.detach(),
+                down_t=layer.mlp.down_proj.weight.detach().t().contiguous(),
             )
             for layer in layers
         ]
@@ -134,6 +134,7 @@ class LlamaDecoder:
         shape = (max_length, batch, self.kv_heads, 1, self.head_dim)
         self.keys = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.values = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self._ones = torch.ones(self.head_dim, dtype=self.dtype, device=self.device)
         self.length = 0
 
     @classmethod
@@ -144,11 +145,10 @@ class LlamaDecoder:
             return None
         return cls(model, model_ids=model_ids, batch=batch, max_length=max_length)
 
-    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # LlamaRMSNorm: normalise in float32, cast back, then scale.
+    def _rms(self, x: torch.Tensor) -> torch.Tensor:
+        # LlamaRMSNorm without its scale (folded into the next weights): normalise in float32, cast back.
         h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * h.to(x.dtype)
+        return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(x * cos, x.roll(self.head_dim // 2, -1), sin)
@@ -157,7 +157,8 @@ class LlamaDecoder:
         """Attention of one query per row (``[B, kv, groups, head_dim]``) over the cached prefix."""
         if len(keys) <= _SHORT:
             # Few positions: broadcast products beat a batched matrix product of tiny matrices.
-            scores = (keys * (q * self.scale)).sum(-1)  # [T, B, kv, groups]
+            # The sum over head_dim as a matrix-vector product: ~2x faster than .sum(-1) on a CPU.
+            scores = torch.matmul(keys * (q * self.scale), self._ones)  # [T, B, kv, groups]
             weights = torch.softmax(scores.float(), dim=0).to(q.dtype)
             return (weights.unsqueeze(-1) * values).sum(0)
         batch, kv, groups, dim = q.shape
@@ -184,16 +185,16 @@ class LlamaDecoder:
         cos, sin = self.cos[t], self.sin[t]
         x = F.embedding(tokens, self.embed)  # [B, hidden]
         for layer, keys, values in zip(self.layers, self.keys, self.values, strict=True):
-            qkv = F.linear(self._rms(x, layer.norm1), layer.qkv).view(batch, heads + 2 * kv, dim)
+            qkv = F.linear(self._rms(x), layer.qkv).view(batch, heads + 2 * kv, dim)
             qk = self._rotate(qkv[:, :heads + kv], cos, sin)
             keys[t] = qk[:, heads:, None]
             values[t] = qkv[:, heads + kv:, None]
             attended = self._attend(qk[:, :heads].view(batch, kv, heads // kv, dim), keys[:t + 1], values[:t + 1])
-            x = x + F.linear(attended.reshape(batch, heads * dim), layer.out)
-            gate, up = F.linear(self._rms(x, layer.norm2), layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
+            x = torch.addmm(x, attended.reshape(batch, heads * dim), layer.out_t)
+            gate, up = F.linear(self._rms(x), layer.gate_up).chunk(2, dim=-1)
+            x = torch.addmm(x, F.silu(gate, inplace=True).mul_(up), layer.down_t)
         self.length = t + 1
-        return F.linear(self._rms(x, self.final_norm), self.head)
+        return F.linear(self._rms(x), self.head)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only rows ``keep`` (indices into the current batch) in the cache."""
