@@ -180,7 +180,7 @@ def main() -> None:
     grammar = Grammar(codec, order=list(range(len(codec.columns))))
     lm = build_language_model(gen, codec.symbols, seed=0)
     rows = TrainingRows(codec, grammar, codec.encode_cells(train), lm=lm, order=list(range(len(codec.columns))),
-                        random_order=gen.random_column_order, seed=0)
+                        order_rng=np.random.default_rng(0) if gen.random_column_order else None)
     with torch_threads() as threads:
         results = [] if args.skip_training else bench_training(rows, lm, args.train_batch, args.steps,
                                                                gen.physical_batch_size)
