@@ -8,7 +8,9 @@ the same maths with a handful of tensor calls per layer:
 * q, k and v projections fused into one matrix product, gate and up projections into another, each
   RMSNorm's scale folded into the matrix after it, residual additions done by ``addmm``;
 * rotary ``cos``/``sin`` computed once for every position by the model's own rotary module (so every
-  RoPE type whose tables depend only on the position is reproduced exactly);
+  RoPE type whose tables depend only on the position is reproduced exactly) and applied as one complex
+  product: the q and k rows of each head are stored with the two halves that ``rotate_half`` pairs
+  interleaved (the same order for q and k, so every q.k product is unchanged);
 * a preallocated cache ``[max_length, B, kv_heads, 1, head_dim]`` per layer (position-major, so a
   step writes one contiguous block) attended on its filled prefix: every row of a batch sits at the
   same position, so no attention mask is built; grouped-query attention broadcasts the kv heads;
@@ -60,6 +62,27 @@ def _rope_type(config: object) -> str | None:
 
 def _layers(model: LlamaForCausalLM) -> list[LlamaDecoderLayer]:
     return [layer for layer in model.model.layers if isinstance(layer, LlamaDecoderLayer)]
+
+
+def _rotation(model: LlamaForCausalLM, max_length: int) -> torch.Tensor | None:
+    """``cos + i sin`` per position and rotated pair (``[max_length, head_dim / 2]`` complex), from the
+    model's own rotary module; ``None`` unless its tables repeat over the two halves (HF's layout)."""
+    weight = model.model.embed_tokens.weight
+    positions = torch.arange(max_length, device=weight.device)[None]
+    cos, sin = model.model.rotary_emb(weight[:1, None].detach().float(), positions)
+    cos, sin = cos[0].float(), sin[0].float()
+    half = cos.shape[-1] // 2
+    if not (torch.equal(cos[:, :half], cos[:, half:]) and torch.equal(sin[:, :half], sin[:, half:])):
+        return None
+    return torch.complex(cos[:, :half], sin[:, :half])
+
+
+def _interleave_halves(weight: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """Rows of each head reordered ``x1[0], x2[0], x1[1], x2[1], ...`` (``x1``, ``x2``: its two halves)."""
+    half = head_dim // 2
+    order = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).flatten()
+    index = (torch.arange(heads)[:, None] * head_dim + order[None]).flatten().to(weight.device)
+    return weight.index_select(0, index)
 
 
 def _supported(model: torch.nn.Module) -> TypeGuard[LlamaForCausalLM]:
@@ -115,7 +138,8 @@ class LlamaDecoder:
         self.scale = float(attention.scaling)
         self.layers = [
             _Layer(
-                qkv=torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight,
+                qkv=torch.cat([_interleave_halves(layer.self_attn.q_proj.weight, self.heads, self.head_dim),
+                               _interleave_halves(layer.self_attn.k_proj.weight, self.kv_heads, self.head_dim),
                                layer.self_attn.v_proj.weight]).detach() * layer.input_layernorm.weight.detach(),
                 out_t=layer.self_attn.o_proj.weight.detach().t().contiguous(),
                 gate_up=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]).detach()
@@ -124,12 +148,10 @@ class LlamaDecoder:
             )
             for layer in layers
         ]
-        # The model's own rotary module, once for every position: identical tables to its forward.
-        positions = torch.arange(max_length, device=self.device)[None]
-        cos, sin = inner.rotary_emb(self.embed[:1, None], positions)
-        # rotate_half(x) * sin == roll(x, half) * (sin with its first half negated), exactly.
-        half = self.head_dim // 2
-        self.cos, self.sin = cos[0], torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)  # [max_length, head_dim]
+        rotation = _rotation(model, max_length)
+        if rotation is None:
+            raise InternalError("the model's rotary tables must repeat over the two halves of a head")
+        self.rotation = rotation  # rotate_half's maths as a complex product on interleaved pairs
         # Position-major cache: writing a step is one contiguous copy, reading the prefix a contiguous slice.
         shape = (max_length, batch, self.kv_heads, 1, self.head_dim)
         self.keys = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
@@ -141,7 +163,7 @@ class LlamaDecoder:
     def for_model(cls, model: torch.nn.Module, *, model_ids: torch.Tensor, batch: int,
                   max_length: int) -> LlamaDecoder | None:
         """The fast decoder for ``model``, or ``None`` when only the HF forward is exact for it."""
-        if not _supported(model):
+        if not _supported(model) or _rotation(model, max_length) is None:
             return None
         return cls(model, model_ids=model_ids, batch=batch, max_length=max_length)
 
@@ -150,8 +172,10 @@ class LlamaDecoder:
         h = x.float()
         return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(x * cos, x.roll(self.head_dim // 2, -1), sin)
+    def _rotate(self, x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        # (x1 + i x2)(cos + i sin) = (x1 cos - x2 sin) + i (x2 cos + x1 sin): rotate_half's formula.
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Attention of one query per row (``[B, kv, groups, head_dim]``) over the cached prefix."""
@@ -182,11 +206,11 @@ class LlamaDecoder:
         batch = len(tokens)
         t = self.length
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
-        cos, sin = self.cos[t], self.sin[t]
+        rotation = self.rotation[t]
         x = F.embedding(tokens, self.embed)  # [B, hidden]
         for layer, keys, values in zip(self.layers, self.keys, self.values, strict=True):
             qkv = F.linear(self._rms(x), layer.qkv).view(batch, heads + 2 * kv, dim)
-            qk = self._rotate(qkv[:, :heads + kv], cos, sin)
+            qk = self._rotate(qkv[:, :heads + kv], rotation)
             keys[t] = qk[:, heads:, None]
             values[t] = qkv[:, heads + kv:, None]
             attended = self._attend(qk[:, :heads].view(batch, kv, heads // kv, dim), keys[:t + 1], values[:t + 1])

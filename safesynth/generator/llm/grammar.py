@@ -240,12 +240,18 @@ class Grammar:
                 allowed = torch.where(sep[:, None], forced, allowed)
         return allowed
 
-    def support(self, st: GrammarState) -> tuple[torch.Tensor, bool]:
-        """Token ids some row may take next (a superset of the union of :meth:`mask`'s rows), and
-        whether every row is in a state with a single allowed token (then :meth:`mask` has one per row).
+    def support(self, st: GrammarState, order: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+        """Token ids some row may take next (a superset of the union of :meth:`mask`'s rows with the
+        same ``order``), and whether :meth:`mask` certainly allows a single token in every row.
         """
         present = torch.bincount(st.state, minlength=self.num_states) > 0
-        return torch.nonzero(self.allowed[present].any(0)).squeeze(1), bool(self.single[present].all())
+        forced_sep = order is not None and bool(present[SEP])
+        if forced_sep:  # with a forced order a row at SEP has one way on: the next column's name (or <eos>)
+            present[SEP] = False
+        union = self.allowed[present].any(0)
+        if forced_sep and order is not None:
+            union[order[st.k[st.state == SEP].clamp(max=len(order) - 1)]] = True
+        return torch.nonzero(union).squeeze(1), bool(self.single[present].all())
 
     def advance(self, st: GrammarState, tokens: torch.Tensor) -> None:
         """Consume one token per row (in place)."""

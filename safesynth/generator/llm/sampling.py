@@ -108,8 +108,13 @@ def sample_tokens(
     step = decoder if decoder is not None else _HFDecoder(lm, device=device)
     logits = step.forward(prompts)
     active: torch.Tensor | None = None  # rows still in the batch (None: all of them)
+    pending: torch.Tensor | None = None  # drawn tokens not fed to the model yet ([rows, n])
     for t in range(plen, grammar.max_length):
-        support, forced = grammar.support(st)
+        support, forced = grammar.support(st, order)
+        if pending is not None and not forced:
+            # Logits are needed only where some row has a choice: forced tokens (the final <eos>, ...)
+            # are fed with the next token that needs them, or never when the rows end first.
+            logits, pending = step.forward(pending), None
         tokens = _draw(logits, grammar.mask(st, order), temperature, generator, support=support, forced=forced)
         if active is None:
             out[:, t] = tokens
@@ -124,8 +129,9 @@ def sample_tokens(
             keep = torch.nonzero(~done).squeeze(1)
             step.select(keep)
             st, tokens = st.select(keep), tokens[keep]
+            pending = None if pending is None else pending[keep]
             active = keep if active is None else active[keep]
-        logits = step.forward(tokens[:, None])
+        pending = tokens[:, None] if pending is None else torch.cat([pending, tokens[:, None]], dim=1)
     return out.cpu()
 
 
