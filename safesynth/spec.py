@@ -278,7 +278,7 @@ GeneratorSpec = Annotated[MarginalsGeneratorSpec | LLMGeneratorSpec, Field(discr
 class SamplingSpec(_Frozen):
     rows: int = Field(..., ge=1, le=100_000_000, description="Rows to generate (public).")
     seed: int = Field(0, ge=0, description="Seed for everything except privacy noise.")
-    batch_size: int = Field(256, ge=1, description="Rows generated per model call.")
+    batch_size: int = Field(512, ge=1, description="Rows generated per model call.")
     shard_rows: int = Field(10_000, ge=1, description="Rows per shard (unit of distributed sampling).")
 
 
