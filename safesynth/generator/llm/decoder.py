@@ -191,18 +191,23 @@ class LlamaDecoder:
             values[:, :, :, 0].permute(1, 2, 0, 3), scale=self.scale, enable_gqa=groups > 1)
         return attended.view(batch, kv, groups, dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed ``tokens`` (codec ids ``[B, S]``) at the next ``S`` positions; logits ``[B, V]`` of the last.
+    def forward(self, tokens: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed ``tokens`` (codec ids ``[B, S]``) at the next ``S`` positions; logits of the last.
 
         Several tokens (a prompt) are fed one position at a time: the same causal attention as one
         masked pass, and prompts here are a token or two.
+
+        Returns:
+            ``[B, V]`` logits over the codec ids, or ``[B, len(columns)]`` over the ids ``columns`` only
+            (the output product shrinks with them).
         """
-        logits = self._step(tokens[:, 0])
-        for t in range(1, tokens.shape[1]):
-            logits = self._step(tokens[:, t])
-        return logits
+        for t in range(tokens.shape[1] - 1):
+            self._step(tokens[:, t])
+        x = self._step(tokens[:, -1])
+        return F.linear(x, self.head if columns is None else self.head.index_select(0, columns))
 
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One position for every row; returns the normalised final hidden state ``[B, hidden]``."""
         batch = len(tokens)
         t = self.length
         heads, kv, dim = self.heads, self.kv_heads, self.head_dim
@@ -218,7 +223,7 @@ class LlamaDecoder:
             gate, up = F.linear(self._rms(x), layer.gate_up).chunk(2, dim=-1)
             x = torch.addmm(x, F.silu(gate, inplace=True).mul_(up), layer.down_t)
         self.length = t + 1
-        return F.linear(self._rms(x), self.head)
+        return self._rms(x)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only rows ``keep`` (indices into the current batch) in the cache."""

@@ -30,18 +30,18 @@ _COMPACT_SHARE = 0.125
 
 def _draw(logits: torch.Tensor, allowed: torch.Tensor, temperature: float, generator: torch.Generator, *,
           support: torch.Tensor | None = None, forced: bool = False) -> torch.Tensor:
-    """One token per row from ``softmax(logits / temperature)`` restricted to ``allowed``.
+    """One token per row from ``softmax(logits / temperature)`` restricted to ``allowed`` (``[B, V]``).
 
-    Inverse-CDF sampling: one uniform per row against the cumulative probabilities over ``support``
-    (the token ids any row may take; default all), ~20x cheaper than ``torch.multinomial`` over the
-    vocabulary on a CPU. A masked token has probability 0, so its CDF interval is empty and it is never
+    With ``support`` (the token ids any row may take), ``logits`` are ``[B, len(support)]``, over those
+    ids only. Inverse-CDF sampling: one uniform per row against the cumulative probabilities, ~20x
+    cheaper than ``torch.multinomial`` over the vocabulary on a CPU. A masked token has probability 0, so its CDF interval is empty and it is never
     drawn; a row with one allowed token always gets it. With ``forced`` (every row has exactly one
     allowed token) no uniform is drawn.
     """
     if forced:
         return allowed.to(torch.int8).argmax(1)
     if support is not None:
-        logits, allowed = logits.index_select(1, support), allowed.index_select(1, support)
+        allowed = allowed.index_select(1, support)
     scores = logits.float() if temperature == 1.0 else logits.float() / temperature
     cdf = torch.softmax(torch.where(allowed, scores, float("-inf")), dim=-1).cumsum(-1)
     total = cdf[:, -1:]
@@ -61,14 +61,15 @@ class _HFDecoder:
         self.cache = DynamicCache(config=self.model.config)
         self.length = 0
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
         batch, steps = tokens.shape
         ids = tokens if self.identity else self.model_ids[tokens]
         positions = torch.arange(self.length, self.length + steps, device=tokens.device).expand(batch, -1)
         logits: torch.Tensor = self.model(input_ids=ids, position_ids=positions.contiguous(), cache=self.cache,
                                           use_cache=True, logits_to_keep=1).logits[:, -1]
         self.length += steps
-        return logits if self.identity else logits.index_select(-1, self.model_ids)
+        wanted = self.model_ids if columns is None else self.model_ids[columns]
+        return logits.index_select(-1, wanted) if columns is not None or not self.identity else logits
 
     def select(self, keep: torch.Tensor) -> None:
         self.cache.batch_select_indices(keep)
@@ -106,15 +107,16 @@ def sample_tokens(
     decoder = LlamaDecoder.for_model(lm.model, model_ids=lm.model_ids, batch=batch,
                                      max_length=grammar.max_length) if fast else None
     step = decoder if decoder is not None else _HFDecoder(lm, device=device)
-    logits = step.forward(prompts)
     active: torch.Tensor | None = None  # rows still in the batch (None: all of them)
-    pending: torch.Tensor | None = None  # drawn tokens not fed to the model yet ([rows, n])
+    pending: torch.Tensor | None = prompts  # tokens not fed to the model yet ([rows, n])
+    logits = torch.empty(0)
     for t in range(plen, grammar.max_length):
         support, forced = grammar.support(st, order)
         if pending is not None and not forced:
-            # Logits are needed only where some row has a choice: forced tokens (the final <eos>, ...)
-            # are fed with the next token that needs them, or never when the rows end first.
-            logits, pending = step.forward(pending), None
+            # Logits are needed only where some row has a choice, and only for the tokens some row may
+            # take: forced tokens (the final <eos>, ...) are fed with the next token that needs logits,
+            # or never when the rows end first.
+            logits, pending = step.forward(pending, support), None
         tokens = _draw(logits, grammar.mask(st, order), temperature, generator, support=support, forced=forced)
         if active is None:
             out[:, t] = tokens

@@ -175,8 +175,9 @@ def test_fast_and_hf_paths_sample_the_same_token_frequencies(tmp_path):
 
 
 def _draws(logits: torch.Tensor, allowed: torch.Tensor, temperature: float, n: int, seed: int) -> np.ndarray:
-    tokens = _draw(logits.expand(n, -1), allowed.expand(n, -1), temperature, torch.Generator().manual_seed(seed),
-                   support=torch.nonzero(allowed).squeeze(1))
+    support = torch.nonzero(allowed).squeeze(1)  # the logits of the tokens some row may take
+    tokens = _draw(logits[support].expand(n, -1), allowed.expand(n, -1), temperature,
+                   torch.Generator().manual_seed(seed), support=support)
     return np.bincount(tokens.numpy(), minlength=len(logits))
 
 
