@@ -1,14 +1,18 @@
 """Constrained, KV-cached, batched generation of rows (post-processing: reads no private data).
 
-:func:`sample_tokens` is our own decoding loop over the KV cache (transformers 5.24 `cache=`): one forward call per token
-position for the whole batch, the grammar's vectorised mask, rows that have finished are dropped from
-the batch (and from the cache) so long texts do not drag finished rows along. Every generated row is
-valid by construction. :func:`sample_tokens_generate` does the same with ``model.generate`` and
-:class:`GrammarLogitsProcessor`; it is the baseline of ``bench/bench_speed.py``.
+:func:`sample_tokens` is our own decoding loop: one model step per token position for the whole batch
+(:class:`~safesynth.generator.llm.decoder.LlamaDecoder` for Llama models, else the HF forward with a
+``DynamicCache``), the grammar's vectorised mask, inverse-CDF draws over the tokens some row may take,
+no model step where every row's token is forced, and rows that have finished are dropped from the
+batch (and from the cache) so long texts do not drag finished rows along. Every generated row is valid
+by construction. It runs on the model's device and returns CPU tensors. :func:`sample_tokens_generate`
+does the same with ``model.generate`` and :class:`GrammarLogitsProcessor`; it is the baseline of
+``bench/bench_speed.py``.
 
 Determinism: for a fixed model, prompts and ``torch.Generator`` state the tokens are identical run to
 run; the result also depends on the batch layout (rows per call), so callers fix it (see
-:meth:`FittedLLM.sample <safesynth.generator.llm.backend.FittedLLM.sample>`).
+:meth:`FittedLLM.sample <safesynth.generator.llm.backend.FittedLLM.sample>`), and on the device type
+(CPU and CUDA generators draw different streams).
 """
 
 from __future__ import annotations
