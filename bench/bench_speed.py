@@ -1,10 +1,13 @@
 """Speed of the llm generator on adult-shaped rows (an untrained model: speed does not depend on weights).
 
 Training: DP-SGD steps (ghost clipping and hooks) vs non-private steps of the same model on the same
-batches, in the same run. Sampling: our KV-cached loop vs ``model.generate`` with the same vectorised
-grammar processor, and vs ``model.generate`` with a per-row Python grammar processor (the naive way).
+batches, in the same run. Sampling: our KV-cached loop (with the Llama decoder, and through the HF
+forward as for a non-Llama model) vs ``model.generate`` with the same vectorised grammar processor at
+the same batch size, and vs ``model.generate`` with a per-row Python grammar processor (the naive way);
+plus our loop at larger batches. Sampling methods run in interleaved rounds; the best round counts.
 
     .venv/bin/python bench/bench_speed.py
+    .venv/bin/python bench/bench_speed.py --skip-training --rounds 5
     .venv/bin/python bench/bench_speed.py --rows 8192 --set hidden_size=96
 """
 
@@ -100,18 +103,24 @@ def bench_training(rows: TrainingRows, lm, batch: int, steps: int, physical: int
     return out
 
 
-def bench_sampling(lm, grammar: Grammar, codec: RowCodec, rows: int, batch: int, naive_rows: int) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def bench_sampling(lm, grammar: Grammar, codec: RowCodec, rows: int, batch: int, naive_rows: int,  # type: ignore[no-untyped-def]
+                   *, rounds: int = 1, extra_batches: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+    """Rows/s of each method at ``batch`` rows per call (best of ``rounds`` interleaved rounds, so a burst
+    of load from other processes hits every method alike), plus our loop at ``extra_batches``."""
     order = torch.tensor([*codec.name_tokens, EOS])
-    prompts = torch.ones((batch, 1), dtype=torch.long)
-    calls = max(1, rows // batch)
 
-    def ours() -> None:
-        for b in range(calls):
-            sample_tokens(lm, grammar, prompts=prompts, order=order, temperature=1.0,
-                          generator=torch.Generator().manual_seed(b))
+    def ours(size: int, fast: bool = True):  # type: ignore[no-untyped-def]
+        prompts = torch.ones((size, 1), dtype=torch.long)
+
+        def run() -> None:
+            for b in range(max(1, rows // size)):
+                sample_tokens(lm, grammar, prompts=prompts, order=order, temperature=1.0, fast=fast,
+                              generator=torch.Generator().manual_seed(b))
+        return run, max(1, rows // size) * size
 
     def generate() -> None:
-        for b in range(calls):
+        prompts = torch.ones((batch, 1), dtype=torch.long)
+        for b in range(max(1, rows // batch)):
             sample_tokens_generate(lm, grammar, prompts=prompts, order=order, temperature=1.0, seed=b)
 
     def naive() -> None:
@@ -120,16 +129,31 @@ def bench_sampling(lm, grammar: Grammar, codec: RowCodec, rows: int, batch: int,
                           max_new_tokens=grammar.max_length - 1, pad_token_id=0, eos_token_id=EOS,
                           logits_processor=LogitsProcessorList([PerRowProcessor(grammar, order)]))
 
-    out = []
-    for name, fn, n in (("sample: our loop", ours, calls * batch), ("sample: model.generate + vectorised mask",
-                                                                     generate, calls * batch),
-                        ("sample: model.generate + per-row mask", naive, naive_rows)):
-        seconds = _timed(fn, 1)
-        out.append({"what": name, "rows_per_s": n / seconds, "seconds": seconds, "rows": n})
+    fast_fn, n = ours(batch)
+    hf_fn, _ = ours(batch, fast=False)
+    methods = [("sample: our loop (Llama decoder)", fast_fn, n, batch),
+               ("sample: model.generate + vectorised mask", generate, max(1, rows // batch) * batch, batch),
+               ("sample: our loop, HF forward (non-Llama fallback)", hf_fn, n, batch),
+               ("sample: model.generate + per-row mask", naive, naive_rows, naive_rows)]
+    for size in extra_batches:
+        fn, m = ours(size)
+        methods.append((f"sample: our loop (Llama decoder), batch {size}", fn, m, size))
+    seconds: dict[str, list[float]] = {name: [] for name, *_ in methods}
+    for _, fn, *_ in methods:
+        fn()  # warm-up
+    for r in range(rounds):
+        for name, fn, _, _ in methods:
+            if r and "per-row" in name:
+                continue  # slow and only a reference point: one round
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    out = [{"what": name, "batch": size, "rows_per_s": n / min(seconds[name]), "seconds": min(seconds[name]),
+            "rows": n, "rounds_rows_per_s": [n / s for s in seconds[name]]} for name, _, n, size in methods]
     base = out[1]["rows_per_s"]
     for row in out:
         row["vs_generate"] = row["rows_per_s"] / base
-    out[0]["vs_per_row_generate"] = out[0]["rows_per_s"] / out[2]["rows_per_s"]
+    out[0]["vs_per_row_generate"] = out[0]["rows_per_s"] / out[3]["rows_per_s"]
     return out
 
 
@@ -140,6 +164,9 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--naive-rows", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved sampling rounds (best is reported)")
+    parser.add_argument("--extra-batches", default="1024,2048", help="our loop at these batch sizes too")
+    parser.add_argument("--skip-training", action="store_true", help="sampling only")
     parser.add_argument("--set", action="append", default=[], help="llm generator override KEY=JSON")
     args = parser.parse_args()
     import json
@@ -153,15 +180,18 @@ def main() -> None:
     grammar = Grammar(codec, order=list(range(len(codec.columns))))
     lm = build_language_model(gen, codec.symbols, seed=0)
     rows = TrainingRows(codec, grammar, codec.encode_cells(train), lm=lm, order=list(range(len(codec.columns))),
-                        random_order=gen.random_column_order, seed=0)
+                        order_rng=np.random.default_rng(0) if gen.random_column_order else None)
     with torch_threads() as threads:
-        results = bench_training(rows, lm, args.train_batch, args.steps, gen.physical_batch_size)
+        results = [] if args.skip_training else bench_training(rows, lm, args.train_batch, args.steps,
+                                                               gen.physical_batch_size)
+        extra = tuple(int(b) for b in args.extra_batches.split(",") if b)
         with torch.inference_mode():
-            results += bench_sampling(lm, grammar, codec, args.rows, args.batch, args.naive_rows)
+            results += bench_sampling(lm, grammar, codec, args.rows, args.batch, args.naive_rows,
+                                      rounds=args.rounds, extra_batches=extra)
     info = {"threads": threads, "load_avg": os.getloadavg(), "params": sum(p.numel() for p in lm.model.parameters()),
             "tokens_per_row": codec.max_length, "generator": gen.model_dump(),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
-    print(table(results, ["what", "samples_per_s", "vs_non_private", "rows_per_s", "vs_generate",
+    print(table(results, ["what", "batch", "samples_per_s", "vs_non_private", "rows_per_s", "vs_generate",
                           "vs_per_row_generate"]))
     print({k: v for k, v in info.items() if k != "generator"})
     print(f"wrote {write_results('speed', {'results': results, **info})}")

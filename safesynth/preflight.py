@@ -60,6 +60,10 @@ def preflight(spec: ReleaseSpec) -> None:
     from safesynth.privacy.ledger import preflight_ledger
 
     spec.source_format  # noqa: B018 - raises SpecError for an unknown extension
+    if spec.generator.kind == "llm":  # torch is imported only for the llm generator
+        from safesynth.generator.llm.device import resolve_device
+
+        resolve_device(spec.generator.device)
     check_source(spec)
     check_target(spec)
     preflight_ledger(spec)

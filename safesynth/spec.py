@@ -258,6 +258,10 @@ class LLMGeneratorSpec(_Frozen):
     physical_batch_size: int = Field(
         256, ge=1, description="Records per forward/backward pass (memory only; privacy is unchanged)."
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train and sample: auto (a CUDA GPU when torch sees one, else the CPU), "
+        "cpu or cuda (fails before any budget is reserved when there is none)."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> LLMGeneratorSpec:
@@ -274,7 +278,7 @@ GeneratorSpec = Annotated[MarginalsGeneratorSpec | LLMGeneratorSpec, Field(discr
 class SamplingSpec(_Frozen):
     rows: int = Field(..., ge=1, le=100_000_000, description="Rows to generate (public).")
     seed: int = Field(0, ge=0, description="Seed for everything except privacy noise.")
-    batch_size: int = Field(256, ge=1, description="Rows generated per model call.")
+    batch_size: int = Field(512, ge=1, description="Rows generated per model call.")
     shard_rows: int = Field(10_000, ge=1, description="Rows per shard (unit of distributed sampling).")
     scheduler: str | None = Field(
         None, description="Address of an existing Dask scheduler (tcp://host:8786); else $SAFESYNTH_DASK_SCHEDULER; "

@@ -2,7 +2,8 @@
 
 Modules: :mod:`.encoding` (rows <-> tokens from the spec only), :mod:`.grammar` (allowed-next-token DFA in
 tensors), :mod:`.model` (build/load/save the HF model), :mod:`.training` (noisy count, DP-SGD schedule and
-loop), :mod:`.sampling` (constrained KV-cached generation), :mod:`.backend` (the generator interface).
+loop), :mod:`.sampling` (constrained KV-cached generation), :mod:`.decoder` (the fast Llama decoder it uses),
+:mod:`.device` (``generator.device``), :mod:`.backend` (the generator interface).
 """
 
 from safesynth.generator.llm.backend import FittedLLM, LLMBackend

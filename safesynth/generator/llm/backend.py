@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from safesynth.errors import GeneratorError, SpecError
 from safesynth.generator.llm.card import SECURE_NOISE_NOTE, model_card
+from safesynth.generator.llm.device import resolve_device
 from safesynth.generator.llm.encoding import BOS, EOS, NULL, CategoryCodec, RowCodec
 from safesynth.generator.llm.grammar import Grammar
 from safesynth.generator.llm.model import (
@@ -35,6 +36,7 @@ from safesynth.generator.llm.model import (
     build_language_model,
     load_language_model,
     merged,
+    model_device,
     torch_threads,
 )
 from safesynth.generator.llm.sampling import sample_tokens
@@ -170,8 +172,10 @@ class LLMBackend:
             location = spec.resolve(gen.model)  # a path relative to the spec file, else a hub id
             lm = load_language_model(location if Path(location).exists() else gen.model, codec.symbols,
                                      seed=spec.sampling.seed, lora=gen.lora)
+        device = resolve_device(gen.device)
+        torch.nn.Module.to(lm.model, device)  # PreTrainedModel.to is typed as a wrapper mypy cannot call
         train = repair_records(train, spec).frame  # records outside the domains: clamped, nulled or dropped
-        rngs = training_rngs(secure=bool(noise.secure), seed=spec.sampling.seed)
+        rngs = training_rngs(secure=bool(noise.secure), seed=spec.sampling.seed, device=device)
         rows = TrainingRows(codec, grammar, codec.encode_cells(train), lm=lm, order=order,
                             order_rng=rngs.column_order if gen.random_column_order else None)
         condition = None
@@ -197,9 +201,9 @@ class LLMBackend:
         return FittedLLM(spec=spec, codec=codec, grammar=grammar, lm=lm, order=tuple(order), condition=condition,
                          privacy=privacy)
 
-    def load(self, directory: Path, *, spec: ReleaseSpec) -> FittedLLM:
-        """Load a generator saved by :meth:`FittedLLM.save` (offline)."""
-        return FittedLLM.load(directory, spec=spec)
+    def load(self, directory: Path, *, spec: ReleaseSpec, device: torch.device | None = None) -> FittedLLM:
+        """Load a generator saved by :meth:`FittedLLM.save` (offline), on ``device`` (default: ``generator.device``)."""
+        return FittedLLM.load(directory, spec=spec, device=device)
 
 
 class FittedLLM:
@@ -222,12 +226,14 @@ class FittedLLM:
     def sample(self, rows: int, *, seed: int) -> pd.DataFrame:
         """``rows`` rows with the spec's columns and dtypes; identical for the same ``(rows, seed)``.
 
-        Rows are generated in batches of ``sampling.batch_size`` (batch ``b`` uses a torch generator
-        seeded from ``(seed, b)``); a different batch size gives different, equally valid rows.
+        Rows are generated in batches of ``sampling.batch_size`` (batch ``b`` uses a torch generator on
+        the model's device seeded from ``(seed, b)``); a different batch size or device type (CPU or CUDA
+        random streams) gives different, equally valid rows.
         """
         gen = _gen(self.spec)
         conditioned = None if self.condition is None else self.condition.draw(rows, seed=seed)
         sequences: list[list[int]] = []
+        device = model_device(self.lm.model)
         with torch_threads():
             for b, start in enumerate(range(0, rows, self.batch_size)):
                 n = min(self.batch_size, rows - start)
@@ -239,7 +245,8 @@ class FittedLLM:
                     prompts = torch.cat([prompts, values], dim=1)
                 state = int(np.random.SeedSequence([seed, b]).generate_state(1, np.uint64)[0])
                 tokens = sample_tokens(self.lm, self.grammar, prompts=prompts, order=self._order_tokens,
-                                       temperature=gen.temperature, generator=torch.Generator().manual_seed(state))
+                                       temperature=gen.temperature,
+                                       generator=torch.Generator(device=device).manual_seed(state))
                 sequences.extend(tokens.tolist())
         return self.codec.decode(sequences, self.spec, order=self.order)
 
@@ -264,7 +271,14 @@ class FittedLLM:
         (directory / "README.md").write_text(card, encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: Path, *, spec: ReleaseSpec) -> FittedLLM:
+    def load(cls, directory: Path, *, spec: ReleaseSpec, device: torch.device | None = None) -> FittedLLM:
+        """Load a saved generator onto ``device`` (default: ``generator.device`` resolved on this machine,
+        so a Dask worker with a GPU samples on its own GPU under ``auto``).
+
+        Raises:
+            GeneratorError: ``directory`` holds no generator saved for this spec's columns and domains.
+            SpecError: ``generator.device`` is ``cuda`` and this machine has none.
+        """
         directory = Path(directory)
         try:
             meta = json.loads((directory / _META).read_text(encoding="utf-8"))
@@ -276,6 +290,7 @@ class FittedLLM:
             raise GeneratorError(f"{directory}: the saved generator was trained for a different spec (columns or "
                                  "domains changed); refit it")
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch.float32).eval()
+        model.to(resolve_device(gen.device) if device is None else device)
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         lm = LanguageModel(model=model, tokenizer=tokenizer, model_ids=torch.tensor(meta["model_ids"]))
         cond = meta.get("condition")

@@ -16,6 +16,7 @@ carry no loss), so the model learns exactly the masked distribution it is sample
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,6 +172,7 @@ class Grammar:
         self.state_col = torch.tensor(b.col)
         has_text = any(isinstance(c, TextCodec) for c in codec.columns)
         self.allowed = torch.from_numpy(np.stack(b.allowed))
+        self.single = self.allowed.sum(1) == 1  # states with one way on (before any length limit or order)
         self.trans = torch.from_numpy(np.stack(b.trans))
         self.is_text = torch.tensor(b.text)
         self.max_chars = torch.tensor(b.max_chars)
@@ -190,11 +192,26 @@ class Grammar:
     def num_states(self) -> int:
         return int(self.allowed.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        return self.allowed.device
+
+    def to(self, device: torch.device | str) -> Grammar:
+        """This grammar with its tables on ``device`` (``self`` when they are there already)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        moved = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(moved, name, value.to(device))
+        return moved
+
     def start(self, batch: int) -> GrammarState:
-        """The state after ``<bos>``."""
-        zeros = torch.zeros(batch, dtype=torch.long)
-        st = GrammarState(state=torch.full((batch,), SEP, dtype=torch.long), k=zeros, chars=zeros.clone(),
-                          nbytes=zeros.clone())
+        """The state after ``<bos>`` (on the grammar's device)."""
+        zeros = torch.zeros(batch, dtype=torch.long, device=self.device)
+        st = GrammarState(state=torch.full((batch,), SEP, dtype=torch.long, device=self.device), k=zeros,
+                          chars=zeros.clone(), nbytes=zeros.clone())
         if not self.names:
             self._enter_next(st)
         return st
@@ -219,9 +236,22 @@ class Grammar:
             sep = st.state == SEP
             if bool(sep.any()):
                 forced = torch.zeros_like(allowed)
-                forced[torch.arange(len(forced)), order[st.k.clamp(max=len(order) - 1)]] = True
+                forced[torch.arange(len(forced), device=forced.device), order[st.k.clamp(max=len(order) - 1)]] = True
                 allowed = torch.where(sep[:, None], forced, allowed)
         return allowed
+
+    def support(self, st: GrammarState, order: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+        """Token ids some row may take next (a superset of the union of :meth:`mask`'s rows with the
+        same ``order``), and whether :meth:`mask` certainly allows a single token in every row.
+        """
+        present = torch.bincount(st.state, minlength=self.num_states) > 0
+        forced_sep = order is not None and bool(present[SEP])
+        if forced_sep:  # with a forced order a row at SEP has one way on: the next column's name (or <eos>)
+            present[SEP] = False
+        union = self.allowed[present].any(0)
+        if forced_sep and order is not None:
+            union[order[st.k[st.state == SEP].clamp(max=len(order) - 1)]] = True
+        return torch.nonzero(union).squeeze(1), bool(self.single[present].all())
 
     def advance(self, st: GrammarState, tokens: torch.Tensor) -> None:
         """Consume one token per row (in place)."""

@@ -35,8 +35,8 @@ from safesynth.errors import GeneratorError
 from safesynth.spec import LLMGeneratorSpec
 
 __all__ = [
-    "LanguageModel", "build_language_model", "embedding_rows", "load_language_model", "norms_for_opacus",
-    "torch_threads",
+    "LanguageModel", "build_language_model", "embedding_rows", "load_language_model", "model_device",
+    "norms_for_opacus", "torch_threads",
 ]
 
 #: SwiGLU width relative to hidden_size (Llama uses ~2.7; 2 is enough for rows of a table).
@@ -64,6 +64,13 @@ def embedding_rows(layer: nn.Module | None) -> int:
     if not isinstance(weight, torch.Tensor):
         raise GeneratorError(f"the model's embedding layer ({type(layer).__name__}) has no weight matrix")
     return int(weight.shape[0])
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (where its inputs and generators must live)."""
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
 
 
 def _tokenizer(symbols: tuple[str, ...]) -> PreTrainedTokenizerFast:

@@ -31,9 +31,10 @@ from dp_accounting import dp_event
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from safesynth.errors import InternalError
 from safesynth.generator.llm.encoding import PAD, Cell, RowCodec
 from safesynth.generator.llm.grammar import Grammar
-from safesynth.generator.llm.model import LanguageModel, norms_for_opacus
+from safesynth.generator.llm.model import LanguageModel, model_device, norms_for_opacus
 from safesynth.privacy.accountant import StageSpend, calibrate_noise_multiplier, compose_epsilon
 from safesynth.privacy.mechanisms import LaplaceMechanism
 from safesynth.privacy.noise import NoiseSource
@@ -137,12 +138,15 @@ class TrainingRNGs:
     source: str  # how they were seeded, for the account (never the seeds)
 
 
-def training_rngs(*, secure: bool, seed: int) -> TrainingRNGs:
+def training_rngs(*, secure: bool, seed: int, device: torch.device | None = None) -> TrainingRNGs:
     """Secret generators for DP-SGD; seeded from ``seed`` only for an insecure test noise source.
 
     Args:
         secure: The release's noise source is secure (every real release): seed from OS entropy.
         seed: The spec's public seed, used only when ``secure`` is false so tests are reproducible.
+        device: Where the gradients live (default CPU): Opacus draws the Gaussian noise on the
+            gradients' device with this generator, so the two must agree. The Poisson and column-order
+            generators are NumPy's (CPU).
     """
     if secure:
         poisson, order, gaussian = secrets.randbits(128), secrets.randbits(128), secrets.randbits(63)
@@ -151,7 +155,7 @@ def training_rngs(*, secure: bool, seed: int) -> TrainingRNGs:
         poisson, order, gaussian = seed + 0x5EED, seed + 0x0DE7, seed + 0x6A55
         source = "spec-seed (insecure test noise source)"
     return TrainingRNGs(poisson=np.random.default_rng(poisson), column_order=np.random.default_rng(order),
-                        noise=torch.Generator().manual_seed(gaussian), source=source)
+                        noise=torch.Generator(device=device or "cpu").manual_seed(gaussian), source=source)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -182,6 +186,7 @@ class TrainingRows:
             raise ValueError("random column orders need the column-name tokens (a codec with names=True)")
         self._rng = order_rng
         self.identity = lm.identity_vocab
+        self.device = model_device(lm.model)  # batches are built on the CPU and moved there
         # Sequence lengths only decide how a Poisson batch is cut into physical chunks (memory); the
         # summed clipped gradient, and so the released model, is the same however it is cut.
         per_column = [np.fromiter(map(len, column), dtype=np.int64, count=len(column)) for column in cells]
@@ -202,15 +207,16 @@ class TrainingRows:
         allowed, scored = self.grammar.trace(tokens)
         input_ids = tokens if self.identity else self.lm.model_ids[tokens]
         positions = torch.arange(length).unsqueeze(0).expand(len(seqs), -1).contiguous()
-        return Batch(input_ids=input_ids, position_ids=positions, targets=tokens[:, 1:], allowed=allowed,
-                     scored=scored)
+        device = self.device
+        return Batch(input_ids=input_ids.to(device), position_ids=positions.to(device),
+                     targets=tokens[:, 1:].to(device), allowed=allowed.to(device), scored=scored.to(device))
 
 
 def sequence_losses(model: torch.nn.Module, batch: Batch, *, rows: TrainingRows) -> torch.Tensor:
     """Per-record loss ``[B]``: masked NLL of the row's values, divided by the (public) column count."""
     logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits[:, :-1]
     if not rows.identity:
-        logits = logits.index_select(-1, rows.lm.model_ids)
+        logits = logits.index_select(-1, rows.lm.model_ids.to(logits.device))
     logits = logits.masked_fill(~batch.allowed, float("-inf"))
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), reduction="none")
     nll = torch.where(batch.scored.reshape(-1), nll, torch.zeros_like(nll)).view(batch.targets.shape)
@@ -241,7 +247,7 @@ def _noise_only(gsm: GradSampleModule, optimizer: DPOptimizer, mode: str) -> Non
         if mode == "ghost":
             p.grad = torch.zeros_like(p)
         else:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
     optimizer.step()
     optimizer.zero_grad()
 
@@ -342,6 +348,9 @@ def train_dp_sgd(
         logged, stored or returned.
     """
     model = lm.model
+    if noise_generator.device != model_device(model):
+        raise InternalError(f"the DP noise generator ({noise_generator.device}) must be on the model's device "
+                            f"({model_device(model)}): Opacus draws the noise where the gradients are")
     start = time.perf_counter()
     model.train()
     with norms_for_opacus(model):

@@ -111,6 +111,14 @@ def test_save_load_round_trip_samples_identically(fitted, tmp_path):
         assert needle in card
 
 
+def test_load_on_an_explicit_device_puts_the_model_there_and_samples_identically(fitted, tmp_path):
+    spec, model, _ = fitted
+    model.save(tmp_path / "gen")
+    loaded = LLMBackend().load(tmp_path / "gen", spec=spec, device=torch.device("cpu"))
+    assert next(loaded.lm.model.parameters()).device == torch.device("cpu")
+    pd.testing.assert_frame_equal(loaded.sample(30, seed=2), model.sample(30, seed=2))
+
+
 def test_load_refuses_a_generator_trained_for_other_columns(fitted, tmp_path):
     _, model, _ = fitted
     model.save(tmp_path / "gen")

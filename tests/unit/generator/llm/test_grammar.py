@@ -183,3 +183,20 @@ def test_without_name_tokens_the_grammar_follows_the_fixed_order(tmp_path):
     tokens = torch.tensor([s + [PAD] * (length - len(s)) for s in again])
     allowed, _ = grammar.trace(tokens)
     assert bool(allowed.gather(2, tokens[:, 1:, None]).all())
+
+
+def test_support_covers_every_allowed_token_and_forced_means_one_choice_per_row(tmp_path):
+    for names in (True, False):
+        spec = llm_spec(tmp_path, ALL_TYPES)
+        codec = RowCodec.from_spec(spec, context_length=128, names=names)
+        grammar, order = Grammar(codec), torch.tensor([*codec.name_tokens, EOS])
+        pick, st, was_forced = _uniform(1), grammar.start(300), 0
+        for _ in range(1, grammar.max_length):
+            allowed = grammar.mask(st, order)
+            support, forced = grammar.support(st, order)
+            assert not bool(allowed[:, ~torch.isin(torch.arange(codec.vocab_size), support)].any())
+            if forced:
+                was_forced += 1
+                assert bool((allowed.sum(1) == 1).all())
+            grammar.advance(st, pick(allowed))
+        assert was_forced > 0  # at least the padding after every row ended
