@@ -4,7 +4,8 @@
   the operator's (they must run the same safesynth, dask and distributed versions as the client).
 * otherwise ``sampling.cluster: local`` starts a :class:`distributed.LocalCluster` of worker processes
   (``sampling.workers``, default one per core, at most one per shard; one thread each; torch threads split
-  between them; memory split evenly), and ``sampling.cluster: cuda`` starts
+  between them; memory split evenly; when the llm samples on this machine's GPU, one worker advertising
+  ``resources={"GPU": 1}``, since every LocalCluster worker would share the same devices), and ``sampling.cluster: cuda`` starts
   ``dask_cuda.LocalCUDACluster`` (one worker per visible GPU, each advertising ``resources={"GPU": 1}``).
   A started cluster is closed when the stage ends, however it ends.
 
@@ -81,13 +82,17 @@ def plan_cluster(spec: ReleaseSpec, *, shards: int) -> ClusterPlan:
             raise ClusterError("`sampling.cluster: cuda` but this machine has no CUDA device")
         return ClusterPlan(address=None, kind="cuda", workers=None, torch_threads=1, gpu_per_worker=1)
     cores = _cores()
-    workers = s.workers if s.workers is not None else max(1, min(cores, shards))
-    gpus = 1 if s.gpu and _cuda_devices() > 0 else 0
-    if s.gpu and not gpus:
+    wants_gpu = s.gpu or (getattr(spec.generator, "device", "cpu") != "cpu" and _cuda_devices() > 0)
+    if wants_gpu and _cuda_devices() == 0:
         raise ClusterError("`sampling.gpu: true` but this machine has no CUDA device for the local cluster's "
                            "workers (set sampling.gpu: false, or point sampling.scheduler at GPU workers)")
+    if wants_gpu:  # every LocalCluster worker sees the same GPUs: one worker (sampling.cluster: cuda for more)
+        workers = s.workers or 1
+        return ClusterPlan(address=None, kind="local", workers=workers, torch_threads=max(1, cores // workers),
+                           gpu_per_worker=1)
+    workers = s.workers if s.workers is not None else max(1, min(cores, shards))
     return ClusterPlan(address=None, kind="local", workers=workers, torch_threads=max(1, cores // workers),
-                       gpu_per_worker=gpus)
+                       gpu_per_worker=0)
 
 
 @contextlib.contextmanager

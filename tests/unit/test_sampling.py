@@ -105,7 +105,18 @@ def test_gpu_asks_that_cannot_be_met_here_are_cluster_errors(tmp_path, monkeypat
         plan_cluster(spec_with(tmp_path, cluster="cuda"), shards=2)
     monkeypatch.setattr("safesynth.sampling.cluster._cuda_devices", lambda: 2)
     plan = plan_cluster(spec_with(tmp_path, gpu=True), shards=2)
-    assert plan.gpu_per_worker == 1  # local workers then advertise resources={"GPU": 1}
+    assert (plan.workers, plan.gpu_per_worker) == (1, 1)  # one worker advertising resources={"GPU": 1}
+
+
+def test_an_llm_on_a_gpu_machine_samples_on_one_gpu_worker_unless_told_cpu(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAFESYNTH_DASK_SCHEDULER", raising=False)
+    monkeypatch.setattr("safesynth.sampling.cluster._cuda_devices", lambda: 1)
+    monkeypatch.setattr("safesynth.sampling.cluster._cores", lambda: 8)
+    llm = make_spec(tmp_path, generator={"kind": "llm"}, sampling={"rows": 1000, "seed": 0, "shard_rows": 100})
+    assert (plan_cluster(llm, shards=10).workers, plan_cluster(llm, shards=10).gpu_per_worker) == (1, 1)
+    cpu = make_spec(tmp_path, generator={"kind": "llm", "device": "cpu"},
+                    sampling={"rows": 1000, "seed": 0, "shard_rows": 100})
+    assert (plan_cluster(cpu, shards=10).workers, plan_cluster(cpu, shards=10).gpu_per_worker) == (8, 0)
 
 
 def test_preflight_refuses_a_model_store_fsspec_cannot_open(tmp_path, monkeypatch):

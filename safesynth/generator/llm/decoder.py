@@ -24,8 +24,10 @@ such as ``dynamic`` or ``longrope``, a model in training mode); callers then use
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 import torch
 from torch.nn import functional as F
@@ -111,6 +113,82 @@ def _supported(model: torch.nn.Module) -> TypeGuard[LlamaForCausalLM]:
     return isinstance(head, torch.nn.Linear) and head.bias is None
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A model's weights rearranged for :class:`LlamaDecoder`: computed once per model and weights version."""
+
+    device: torch.device
+    dtype: torch.dtype
+    embed: torch.Tensor
+    head: torch.Tensor
+    eps: float
+    heads: int
+    kv_heads: int
+    head_dim: int
+    scale: float
+    layers: list[_Layer]
+    rotation: torch.Tensor
+
+
+_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[Any, ...], _Prepared]] = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
+
+
+def _prepared(model: LlamaForCausalLM, model_ids: torch.Tensor, max_length: int) -> _Prepared:
+    """The rearranged weights, cached per model: a shard's batches (and later shards) reuse them.
+
+    The key holds every parameter's in-place version counter, so training the model again invalidates it.
+    """
+    key = (tuple(model_ids.tolist()), max_length,
+           tuple((id(p), p._version, p.device, p.dtype) for p in model.parameters()))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(model)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    prepared = _prepare(model, model_ids, max_length)
+    with _CACHE_LOCK:
+        _CACHE[model] = (key, prepared)
+    return prepared
+
+
+@torch.no_grad()
+def _prepare(model: LlamaForCausalLM, model_ids: torch.Tensor, max_length: int) -> _Prepared:
+    inner = model.model
+    layers = _layers(model)
+    weight = inner.embed_tokens.weight
+    device, dtype = weight.device, weight.dtype
+    ids = model_ids.to(device)
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise InternalError(f"the output layer ({type(head).__name__}) must be a Linear")
+    embed = weight.detach().index_select(0, ids)
+    # W @ (g * h) == (W * g) @ h: the norms' scales ride along in the matrix products.
+    head_weight = head.weight.detach().index_select(0, ids) * inner.norm.weight.detach()
+    eps = float(inner.norm.variance_epsilon)
+    attention = layers[0].self_attn
+    heads = int(model.config.num_attention_heads)
+    kv_heads = int(model.config.num_key_value_heads or heads)
+    head_dim = int(attention.head_dim)
+    scale = float(attention.scaling)
+    layers_ = [
+        _Layer(
+            qkv=torch.cat([_interleave_halves(layer.self_attn.q_proj.weight, heads, head_dim),
+                           _interleave_halves(layer.self_attn.k_proj.weight, kv_heads, head_dim),
+                           layer.self_attn.v_proj.weight]).detach() * layer.input_layernorm.weight.detach(),
+            out_t=layer.self_attn.o_proj.weight.detach().t().contiguous(),
+            gate_up=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]).detach()
+            * layer.post_attention_layernorm.weight.detach(),
+            down_t=layer.mlp.down_proj.weight.detach().t().contiguous(),
+        )
+        for layer in layers
+    ]
+    rotation = _rotation(model, max_length)
+    if rotation is None:
+        raise InternalError("the model's rotary tables must repeat over the two halves of a head")
+    return _Prepared(device=device, dtype=dtype, embed=embed, head=head_weight, eps=eps, heads=heads,
+                     kv_heads=kv_heads, head_dim=head_dim, scale=scale, layers=layers_, rotation=rotation)
+
+
 class LlamaDecoder:
     """Cache-backed forward passes of a ``LlamaForCausalLM`` for one batch of rows, one position at a time.
 
@@ -119,39 +197,12 @@ class LlamaDecoder:
     """
 
     def __init__(self, model: LlamaForCausalLM, *, model_ids: torch.Tensor, batch: int, max_length: int) -> None:
-        inner = model.model
-        layers = _layers(model)
-        weight = inner.embed_tokens.weight
-        self.device, self.dtype = weight.device, weight.dtype
-        ids = model_ids.to(self.device)
-        head = model.get_output_embeddings()
-        if not isinstance(head, torch.nn.Linear):
-            raise InternalError(f"the output layer ({type(head).__name__}) must be a Linear")
-        self.embed = weight.detach().index_select(0, ids)
-        # W @ (g * h) == (W * g) @ h: the norms' scales ride along in the matrix products.
-        self.head = head.weight.detach().index_select(0, ids) * inner.norm.weight.detach()
-        self.eps = float(inner.norm.variance_epsilon)
-        attention = layers[0].self_attn
-        self.heads = int(model.config.num_attention_heads)
-        self.kv_heads = int(model.config.num_key_value_heads or self.heads)
-        self.head_dim = int(attention.head_dim)
-        self.scale = float(attention.scaling)
-        self.layers = [
-            _Layer(
-                qkv=torch.cat([_interleave_halves(layer.self_attn.q_proj.weight, self.heads, self.head_dim),
-                               _interleave_halves(layer.self_attn.k_proj.weight, self.kv_heads, self.head_dim),
-                               layer.self_attn.v_proj.weight]).detach() * layer.input_layernorm.weight.detach(),
-                out_t=layer.self_attn.o_proj.weight.detach().t().contiguous(),
-                gate_up=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]).detach()
-                * layer.post_attention_layernorm.weight.detach(),
-                down_t=layer.mlp.down_proj.weight.detach().t().contiguous(),
-            )
-            for layer in layers
-        ]
-        rotation = _rotation(model, max_length)
-        if rotation is None:
-            raise InternalError("the model's rotary tables must repeat over the two halves of a head")
-        self.rotation = rotation  # rotate_half's maths as a complex product on interleaved pairs
+        prepared = _prepared(model, model_ids, max_length)
+        self.device, self.dtype = prepared.device, prepared.dtype
+        self.embed, self.head, self.eps = prepared.embed, prepared.head, prepared.eps
+        self.heads, self.kv_heads, self.head_dim, self.scale = (prepared.heads, prepared.kv_heads, prepared.head_dim,
+                                                                prepared.scale)
+        self.layers, self.rotation = prepared.layers, prepared.rotation
         # Position-major cache: writing a step is one contiguous copy, reading the prefix a contiguous slice.
         shape = (max_length, batch, self.kv_heads, 1, self.head_dim)
         self.keys = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]

@@ -59,6 +59,26 @@ def test_decoder_logits_equal_the_hf_forward_at_every_position(config, prompt):
         torch.testing.assert_close(got, reference[:, t], atol=1e-5, rtol=1e-5)
 
 
+def test_prepared_weights_are_reused_per_model_and_refreshed_when_weights_change():
+    model = _llama(3)
+    tokens = torch.randint(0, 40, (4, 1), generator=torch.Generator().manual_seed(3))
+
+    def decoded():
+        with torch.inference_mode():
+            decoder = LlamaDecoder.for_model(model, model_ids=torch.arange(40), batch=4, max_length=8)
+            return decoder, decoder.forward(tokens)
+
+    first, _ = decoded()
+    second, _ = decoded()
+    assert second.layers is first.layers  # one shard's batches share the rearranged weights
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(1.5)  # trained again, in place
+    third, logits = decoded()
+    assert third.layers is not first.layers
+    with torch.inference_mode():
+        torch.testing.assert_close(logits, model(input_ids=tokens).logits[:, -1], atol=1e-5, rtol=1e-5)
+
+
 def test_decoder_past_the_short_prefix_uses_sdpa_with_the_same_logits(monkeypatch):
     monkeypatch.setattr(decoder_module, "_SHORT", 4)
     model = _llama(1, num_key_value_heads=2)
