@@ -161,6 +161,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         spec, model_dir = build_model(args.rows, args.shard_rows, tmp)
         small = spec.model_copy(update={"sampling": spec.sampling.model_copy(update={"rows": args.small_rows})})
+        speed = loop_vs_generate(spec, model_dir, args.generate_rows)  # first: no Dask threads in this process yet
         (tmp / "single").mkdir()
         results = [single_process(spec, model_dir, tmp / "single")]
         for workers in (1, 2):
@@ -168,7 +169,6 @@ def main() -> None:
         memory = on_dask(small, model_dir, 2, tmp / "small")
         memory["what"] += f" ({args.small_rows} rows)"
         results.append(memory)
-        speed = loop_vs_generate(spec, model_dir, args.generate_rows)
     for row in results + speed:
         row["rows_per_s"] = row["rows"] / row["seconds"]
     single, one, two = results[0]["rows_per_s"], results[1]["rows_per_s"], results[2]["rows_per_s"]
