@@ -45,7 +45,7 @@ import yaml
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.usefixtures("shared_dask")]
 
 SECRET = "SECRET_9137"
 ROWS = 200

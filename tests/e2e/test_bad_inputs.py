@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("shared_dask")]
 SECRET = "SECRET_9137"
 PERMISSIVE_GATE = {"holdout_fraction": 0.2, "max_attack_auc": 1.0}  # these tests are about input, not the audit
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +38,7 @@ from safesynth import stages
 from safesynth.output import read_release_metadata
 from safesynth.release import render_summary, run_release
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("shared_dask")]
 
 EPSILON = 1.0
 SEED = 0
@@ -47,27 +46,6 @@ HOLDOUT = 0.2
 ROWS = 300
 ALPHA = 1e-4  # per one-sided Clopper-Pearson bound
 THRESHOLD = 0.05  # "the synthetic share of `a` exceeds 5%": fixed before any trial
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shared_cluster():
-    """One LocalCluster for the module's hundreds of releases, reached as an existing scheduler.
-
-    Sampling still runs on Dask for every trial; only the cluster's start-up (seconds) is shared.
-    """
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      env={"SAFESYNTH_TORCH_THREADS": "1"}) as cluster:
-        before = os.environ.get("SAFESYNTH_DASK_SCHEDULER")
-        os.environ["SAFESYNTH_DASK_SCHEDULER"] = cluster.scheduler_address
-        try:
-            yield cluster.scheduler_address
-        finally:
-            if before is None:
-                os.environ.pop("SAFESYNTH_DASK_SCHEDULER", None)
-            else:
-                os.environ["SAFESYNTH_DASK_SCHEDULER"] = before
 
 
 def write_spec(tmp_path: Path, source: Path, **changes: object) -> Path:

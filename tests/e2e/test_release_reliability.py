@@ -17,7 +17,7 @@ from safesynth import stages
 from safesynth.release import direct, run_release
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("shared_dask")]
 
 
 def demo_spec(tmp_path: Path, **changes) -> Path:

@@ -22,7 +22,7 @@ import yaml
 from safesynth.errors import SchemaValidationError
 from safesynth.release import run_release
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("shared_dask")]
 
 SECRET = "RARE_9137"  # the rare category: never in anything published or logged
 RUNS = 5
