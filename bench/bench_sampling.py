@@ -8,6 +8,8 @@ the same work per shard: sample ``shard_rows`` rows and encode them as a Parquet
   (torch uses every core).
 * ``dask, N workers``: :func:`safesynth.sampling.sample_on_cluster` on a LocalCluster of N worker
   processes (one thread each, torch threads split between them), cluster start-up included and reported.
+  Each Dask runner runs in a fresh child process (imports done before the clock starts, as for the
+  single process), so none of them reuses the fork server an earlier runner started.
 * client memory: the peak RSS growth of this process while Dask samples 50k and 200k rows (it should not
   grow with the rows: parts go from the workers to disk, only metadata comes back).
 * ``our loop`` vs ``model.generate`` with the same vectorised grammar processor, same batch size.
@@ -19,7 +21,9 @@ the same work per shard: sample ``shard_rows`` rows and encode them as a Parquet
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +45,7 @@ from safesynth.generator.llm.sampling import sample_tokens, sample_tokens_genera
 from safesynth.sampling import sample_on_cluster, scratch_for, shard_plan  # noqa: E402
 from safesynth.sampling.cluster import plan_cluster  # noqa: E402
 from safesynth.sampling.parts import encode_part, write_bytes  # noqa: E402
+from safesynth.spec import ReleaseSpec  # noqa: E402
 
 
 class PeakRSS:
@@ -123,6 +128,15 @@ def on_dask(spec: Any, model_dir: Path, workers: int, tmp: Path) -> dict[str, An
             "torch_threads": plan.torch_threads, "client_rss_growth_mb": rss.growth_mb}
 
 
+def in_child(spec: ReleaseSpec, model_dir: Path, workers: int, tmp: Path) -> dict[str, Any]:
+    """:func:`on_dask` in a fresh process (no fork server or Dask state left by an earlier runner)."""
+    spec_json = tmp / f"spec-{workers}-{spec.sampling.rows}.json"
+    spec_json.write_text(spec.model_dump_json())
+    done = subprocess.run([sys.executable, __file__, "--child", str(spec_json), str(model_dir), str(workers)],
+                          check=True, capture_output=True, text=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def loop_vs_generate(spec: Any, model_dir: Path, rows: int, rounds: int = 3) -> list[dict[str, Any]]:
     """Best of ``rounds`` interleaved rounds (a burst of load from elsewhere hits both methods alike)."""
     model = FittedLLM.load(model_dir, spec=spec)
@@ -155,8 +169,15 @@ def main() -> None:
     parser.add_argument("--small-rows", type=int, default=50_000, help="the second size for client memory")
     parser.add_argument("--shard-rows", type=int, default=10_000)
     parser.add_argument("--generate-rows", type=int, default=8_192, help="rows for loop vs generate")
+    parser.add_argument("--child", nargs=3, metavar=("SPEC_JSON", "MODEL_DIR", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.pop("SAFESYNTH_DASK_SCHEDULER", None)
+    if args.child:  # one Dask runner in this fresh process; its result as the last line of stdout
+        spec_json, model_dir, workers = args.child
+        spec = ReleaseSpec.model_validate_json(Path(spec_json).read_text())
+        with tempfile.TemporaryDirectory(prefix="safesynth-bench-child-") as out:
+            print(json.dumps(on_dask(spec, Path(model_dir), int(workers), Path(out))))
+        return
     with tempfile.TemporaryDirectory(prefix="safesynth-bench-") as tmp_name:
         tmp = Path(tmp_name)
         spec, model_dir = build_model(args.rows, args.shard_rows, tmp)
@@ -165,8 +186,8 @@ def main() -> None:
         (tmp / "single").mkdir()
         results = [single_process(spec, model_dir, tmp / "single")]
         for workers in (1, 2):
-            results.append(on_dask(spec, model_dir, workers, tmp / f"w{workers}"))
-        memory = on_dask(small, model_dir, 2, tmp / "small")
+            results.append(in_child(spec, model_dir, workers, tmp))
+        memory = in_child(small, model_dir, 2, tmp)
         memory["what"] += f" ({args.small_rows} rows)"
         results.append(memory)
     for row in results + speed:

@@ -64,6 +64,13 @@ class ClusterPlan:
     workers: int | None  # started workers (None: the operator's, or one per GPU)
     torch_threads: int | None  # torch threads per started worker (None: the worker's own setting)
     gpu_per_worker: int  # GPU resource advertised by each started local worker
+    preload: tuple[str, ...] = ()  # modules a started worker needs (imported once, see :func:`open_client`)
+
+
+def worker_modules(spec: ReleaseSpec) -> tuple[str, ...]:
+    """What a worker imports to sample this spec's generator (public: the generator kind only)."""
+    backend = {"llm": "safesynth.generator.llm", "marginals": "safesynth.generator.marginals"}
+    return ("safesynth.sampling.shards", backend.get(spec.generator.kind, "safesynth.generator"))
 
 
 def plan_cluster(spec: ReleaseSpec, *, shards: int) -> ClusterPlan:
@@ -80,7 +87,8 @@ def plan_cluster(spec: ReleaseSpec, *, shards: int) -> ClusterPlan:
                                "build of torch) on this machine") from exc
         if _cuda_devices() == 0:
             raise ClusterError("`sampling.cluster: cuda` but this machine has no CUDA device")
-        return ClusterPlan(address=None, kind="cuda", workers=None, torch_threads=1, gpu_per_worker=1)
+        return ClusterPlan(address=None, kind="cuda", workers=None, torch_threads=1, gpu_per_worker=1,
+                           preload=worker_modules(spec))
     cores = _cores()
     wants_gpu = s.gpu or (getattr(spec.generator, "device", "cpu") != "cpu" and _cuda_devices() > 0)
     if wants_gpu and _cuda_devices() == 0:
@@ -89,10 +97,34 @@ def plan_cluster(spec: ReleaseSpec, *, shards: int) -> ClusterPlan:
     if wants_gpu:  # every LocalCluster worker sees the same GPUs: one worker (sampling.cluster: cuda for more)
         workers = s.workers or 1
         return ClusterPlan(address=None, kind="local", workers=workers, torch_threads=max(1, cores // workers),
-                           gpu_per_worker=1)
+                           gpu_per_worker=1, preload=worker_modules(spec))
     workers = s.workers if s.workers is not None else max(1, min(cores, shards))
     return ClusterPlan(address=None, kind="local", workers=workers, torch_threads=max(1, cores // workers),
-                       gpu_per_worker=0)
+                       gpu_per_worker=0, preload=worker_modules(spec))
+
+
+#: Imported by the fork server before it forks any worker (with the plan's own modules).
+_BASE_PRELOAD = ("distributed", "distributed.nanny", "numpy", "pandas", "pyarrow", "pyarrow.parquet")
+
+
+def _forkserver(preload: tuple[str, ...]) -> contextlib.AbstractContextManager[Any]:
+    """Dask config that starts local workers from a fork server with the workers' imports preloaded.
+
+    Spawning a worker process runs a fresh interpreter that imports distributed, then the plugin imports
+    torch and transformers: ~4 s of CPU per worker on 2 cores (bench/README.md). A fork server (one per
+    client process, started with the first worker) imports all that once; every worker, and every worker a
+    nanny restarts, is then a fork of it. The first cluster's plan decides what the server preloads; a
+    later plan's other modules are imported by its workers as before. The server inherits this process's
+    environment at its start (with the nanny's pre-spawn variables, e.g. ``PYTHONHASHSEED``), so
+    :func:`open_client` hands each worker the client's current environment as well.
+    """
+    import dask
+    from distributed.utils import get_mp_context
+
+    config = dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+    context = get_mp_context()  # type: ignore[no-untyped-call]
+    context.set_forkserver_preload([*_BASE_PRELOAD, *preload])  # after Dask has set its own list
+    return config
 
 
 @contextlib.contextmanager
@@ -101,6 +133,7 @@ def open_client(plan: ClusterPlan, *, announce: bool = True, timeout: float = CO
     from distributed import Client, LocalCluster
 
     cluster: Any = None
+    stack = contextlib.ExitStack()
     try:
         if plan.address is not None:
             try:
@@ -110,16 +143,17 @@ def open_client(plan: ClusterPlan, *, announce: bool = True, timeout: float = CO
                                    f"({exc.__class__.__name__})") from exc
         else:
             env = {"SAFESYNTH_TORCH_THREADS": str(plan.torch_threads or 1), "OMP_NUM_THREADS": "1"}
-            if plan.kind == "cuda":
+            if plan.kind == "cuda":  # spawned workers (each owns one GPU)
                 from dask_cuda import LocalCUDACluster
 
                 cluster = LocalCUDACluster(threads_per_worker=1, dashboard_address=":0", resources={"GPU": 1},
                                            env=env)
             else:
                 resources = {"GPU": plan.gpu_per_worker} if plan.gpu_per_worker else None
+                stack.enter_context(_forkserver(plan.preload))
                 cluster = LocalCluster(  # type: ignore[no-untyped-call]
                     n_workers=plan.workers, threads_per_worker=1, processes=True, memory_limit="auto",
-                    dashboard_address=":0", resources=resources, env=env)
+                    dashboard_address=":0", resources=resources, env={**os.environ, **env})
             client = Client(cluster)  # type: ignore[no-untyped-call]
         if announce:
             try:
@@ -136,6 +170,7 @@ def open_client(plan: ClusterPlan, *, announce: bool = True, timeout: float = CO
     finally:
         if cluster is not None:
             cluster.close()
+        stack.close()
 
 
 def check_workers(client: Any, *, gpu: bool) -> int:

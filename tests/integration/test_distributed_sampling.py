@@ -88,6 +88,40 @@ def test_the_same_plan_gives_the_same_rows_on_a_local_cluster(undisturbed, fitte
     pd.testing.assert_frame_equal(local, frame)
 
 
+def _worker_view() -> dict[str, object]:
+    import os
+    import sys
+
+    return {"parent": os.getppid(), "preloaded": "safesynth.sampling.shards" in sys.modules,
+            "variable": os.environ.get("SAFESYNTH_TEST_LATE_VARIABLE"), "hash": hash("safesynth")}
+
+
+def test_local_workers_are_forks_of_one_preloaded_server_and_see_the_clients_environment(fitted, monkeypatch):
+    """Workers fork from a fork server that imported their modules once; a variable the client sets after
+    that server started still reaches the workers of a later cluster (as a spawned worker would see it)."""
+    import os
+    import subprocess
+    import sys
+
+    from safesynth.sampling.cluster import open_client
+
+    spec, _ = fitted
+    plan = plan_cluster(spec, shards=2)
+    assert plan.kind == "local" and "safesynth.sampling.shards" in plan.preload
+    with open_client(plan, announce=False) as client:
+        first = list(client.run(_worker_view).values())
+    monkeypatch.setenv("SAFESYNTH_TEST_LATE_VARIABLE", "late")
+    with open_client(plan, announce=False) as client:
+        second = list(client.run(_worker_view).values())
+    parents = {view["parent"] for view in first + second}
+    assert len(parents) == 1 and os.getpid() not in parents  # one fork server, not this process
+    assert all(view["preloaded"] for view in first + second)
+    assert [view["variable"] for view in second] == ["late"] * len(second)
+    seeded = subprocess.run([sys.executable, "-c", "print(hash('safesynth'))"], env={**os.environ, "PYTHONHASHSEED": "6640"},
+                            capture_output=True, text=True, check=True)
+    assert {view["hash"] for view in first + second} == {int(seeded.stdout)}  # Dask's fixed seed, as when spawned
+
+
 def test_a_worker_killed_mid_shard_costs_only_that_shard(cluster, fitted, undisturbed, tmp_path):
     from distributed import Client
 
