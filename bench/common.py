@@ -1,4 +1,6 @@
-"""Shared helpers for the benchmarks: public specs of the shared datasets, loading, metrics, one release.
+"""Shared helpers for the benchmarks: public specs of the shared datasets, loading, one release.
+
+The utility metrics (``marginal_tvd``, ``tstr``) come from :mod:`safesynth.audit.utility`.
 
 The declared domains below are the datasets' *documented* schemas (UCI adult.names; the reviews file's
 published column description), written here by hand, as a data owner would write a spec.
@@ -6,7 +8,6 @@ published column description), written here by hand, as a data owner would write
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import resource
@@ -27,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", str(Path(tempfile.gettempdir()) / "safesynth-bench-hf"))
 sys.path.insert(0, str(REPO))
 
+from safesynth.audit.utility import marginal_tvd, tstr  # noqa: E402,F401
 from safesynth.generator import get_backend  # noqa: E402
 from safesynth.privacy.accountant import ReleaseAccount  # noqa: E402
 from safesynth.privacy.noise import OpenDPNoise  # noqa: E402
@@ -129,70 +131,7 @@ def run_release(kind: str, train: pd.DataFrame, spec: ReleaseSpec, *, rows: int,
 
 
 # ------------------------------------------------------------------------------------------ metrics
-
-
-def _binned(frame: pd.DataFrame, spec: ReleaseSpec, bins: int = 20) -> pd.DataFrame:
-    """Every column as small integer codes (numeric: equal-width bins over the declared range; null: -1)."""
-    out = {}
-    for name, col in spec.columns.items():
-        s = frame[name]
-        if col.type in ("integer", "float"):
-            codes = np.floor((s.astype("Float64").to_numpy(dtype=float, na_value=np.nan) - col.min)
-                             / (col.max - col.min) * bins).clip(0, bins - 1)
-            out[name] = np.where(np.isnan(codes), -1, codes).astype(int)
-        elif col.type in ("categorical", "boolean"):
-            out[name] = s.astype(object).where(s.notna(), "<null>").astype(str).to_numpy()
-    return pd.DataFrame(out)
-
-
-def _tvd(a: pd.Series | pd.DataFrame, b: pd.Series | pd.DataFrame) -> float:
-    pa = a.value_counts(normalize=True)
-    pb = b.value_counts(normalize=True)
-    return float(0.5 * pa.sub(pb, fill_value=0).abs().sum())
-
-
-def marginal_tvd(real: pd.DataFrame, synthetic: pd.DataFrame, spec: ReleaseSpec) -> dict[str, float]:
-    """Mean total variation distance of all 1-way and all 2-way marginals (non-text columns)."""
-    r, s = _binned(real, spec), _binned(synthetic, spec)
-    one = {c: _tvd(r[c], s[c]) for c in r.columns}
-    two = [_tvd(r[[a, b]], s[[a, b]]) for a, b in itertools.combinations(r.columns, 2)]
-    return {"tvd_1way": float(np.mean(list(one.values()))), "tvd_2way": float(np.mean(two)),
-            "tvd_2way_max": float(np.max(two)), "tvd_1way_by_column": {c: round(v, 4) for c, v in one.items()}}
-
-
-def _features(frame: pd.DataFrame, target: str) -> tuple[pd.DataFrame, np.ndarray]:
-    x = frame.drop(columns=[target]).copy()
-    for c in x.columns:
-        if x[c].dtype == "str" or str(x[c].dtype) in ("string", "object"):
-            x[c] = x[c].astype("category")
-        elif str(x[c].dtype) == "boolean":
-            x[c] = x[c].astype("Float64")
-        else:
-            x[c] = x[c].astype("Float64")
-    x = x.astype({c: "float64" for c in x.columns if str(x[c].dtype) == "Float64"})
-    return x, frame[target].to_numpy()
-
-
-def tstr(train: pd.DataFrame, test: pd.DataFrame, *, target: str, positive: str) -> dict[str, float]:
-    """HistGradientBoosting fitted on ``train``, scored on ``test``: accuracy and ROC AUC."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.metrics import accuracy_score, roc_auc_score
-
-    x_train, y_train = _features(train, target)
-    x_test, y_test = _features(test, target)
-    cats = list(x_train.select_dtypes("category").columns)
-    for c in cats:  # the same category codes on both sides
-        values = sorted(set(x_train[c].dropna().astype(str)) | set(x_test[c].dropna().astype(str)))
-        x_train[c] = pd.Categorical(x_train[c].astype(object), categories=values)
-        x_test[c] = pd.Categorical(x_test[c].astype(object), categories=values)
-    y_train = (y_train == positive).astype(int)
-    y_test = (y_test == positive).astype(int)
-    if len(set(y_train)) < 2:
-        return {"accuracy": float((y_test == y_train[0]).mean()), "roc_auc": 0.5}
-    model = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
-    model.fit(x_train, y_train)
-    proba = model.predict_proba(x_test)[:, 1]
-    return {"accuracy": float(accuracy_score(y_test, proba >= 0.5)), "roc_auc": float(roc_auc_score(y_test, proba))}
+# The metrics live in safesynth.audit.utility (the release audit uses the same code); re-exported here.
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
