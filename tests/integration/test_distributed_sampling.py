@@ -122,6 +122,26 @@ def test_local_workers_are_forks_of_one_preloaded_server_and_see_the_clients_env
     assert {view["hash"] for view in first + second} == {int(seeded.stdout)}  # Dask's fixed seed, as when spawned
 
 
+def test_workers_of_a_prewarmed_release_fork_from_the_server_started_during_the_fit(fitted):
+    import psutil
+
+    from safesynth.sampling.cluster import open_client, prewarm_workers
+
+    spec, _ = fitted
+    assert prewarm_workers(spec)
+    servers = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+    assert len(servers) == 1  # started now, or by an earlier cluster of this process: never a second one
+    with open_client(plan_cluster(spec, shards=2), announce=False) as client:
+        parents = set(client.run(_worker_view_parent).values())
+    assert parents == {servers[0].pid}
+
+
+def _worker_view_parent() -> int:
+    import os
+
+    return os.getppid()
+
+
 def test_a_worker_killed_mid_shard_costs_only_that_shard(cluster, fitted, undisturbed, tmp_path):
     from distributed import Client
 

@@ -12,7 +12,7 @@ import pytest
 from safesynth.errors import ClusterError, SamplingError, SpecError
 from safesynth.output import read_release_metadata, write_parquet
 from safesynth.sampling import SampledRows, shard_plan
-from safesynth.sampling.cluster import plan_cluster, preflight_cluster, scheduler_address
+from safesynth.sampling.cluster import plan_cluster, preflight_cluster, prewarm_workers, scheduler_address
 from safesynth.sampling.parts import Part, encode_part, verify_parts, write_bytes
 from tests.helpers import make_spec, mixed_frame
 
@@ -124,3 +124,18 @@ def test_preflight_refuses_a_model_store_fsspec_cannot_open(tmp_path, monkeypatc
     with pytest.raises(SpecError, match="model_store"):
         preflight_cluster(spec_with(tmp_path, model_store="nosuchprotocol://bucket/x"))
     preflight_cluster(spec_with(tmp_path, model_store=f"file://{tmp_path}/store"))  # fine, nothing started
+
+
+def test_prewarming_starts_nothing_where_sampling_will_not_start_a_local_cluster(tmp_path, monkeypatch):
+    import multiprocessing.forkserver as forkserver
+
+    started = []
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: started.append(True))
+    monkeypatch.setenv("SAFESYNTH_DASK_SCHEDULER", "tcp://127.0.0.1:9")
+    assert prewarm_workers(spec_with(tmp_path)) is False  # an existing scheduler's workers are the operator's
+    monkeypatch.delenv("SAFESYNTH_DASK_SCHEDULER")
+    monkeypatch.setattr("safesynth.sampling.cluster._cuda_devices", lambda: 0)
+    assert prewarm_workers(spec_with(tmp_path, gpu=True)) is False  # the sample stage reports the error
+    assert prewarm_workers(spec_with(tmp_path, cluster="cuda")) is False
+    assert started == []
+    assert prewarm_workers(spec_with(tmp_path)) is True and started == [True]
