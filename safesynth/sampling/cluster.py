@@ -95,8 +95,10 @@ def plan_cluster(spec: ReleaseSpec, *, shards: int) -> ClusterPlan:
         return ClusterPlan(address=None, kind="cuda", workers=None, torch_threads=1, gpu_per_worker=1,
                            preload=worker_modules(spec))
     cores = _cores()
-    wants_gpu = s.gpu or (getattr(spec.generator, "device", "cpu") != "cpu" and _cuda_devices() > 0)
-    if wants_gpu and _cuda_devices() == 0:
+    needs_devices = s.gpu or getattr(spec.generator, "device", "cpu") != "cpu"
+    devices = _cuda_devices() if needs_devices else 0
+    wants_gpu = s.gpu or (needs_devices and devices > 0)
+    if wants_gpu and devices == 0:
         raise ClusterError("`sampling.gpu: true` but this machine has no CUDA device for the local cluster's "
                            "workers (set sampling.gpu: false, or point sampling.scheduler at GPU workers)")
     if wants_gpu:  # every LocalCluster worker sees the same GPUs: one worker (sampling.cluster: cuda for more)
