@@ -26,8 +26,10 @@ Imports no torch: accounting stays fast to import and to test.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,14 +126,38 @@ def _split_pure(event: dp_event.DpEvent, orders: np.ndarray) -> tuple[dp_event.D
     return event, np.zeros_like(orders, dtype=np.float64)
 
 
+#: Epsilons already computed in this process, by (events' repr, delta, accountant): calibration evaluates
+#: the same events again whenever a release with the same public parameters runs in the same process.
+_EPSILONS: collections.OrderedDict[tuple[str, float, str], float] = collections.OrderedDict()
+_EPSILONS_MAX = 4096
+_EPSILONS_LOCK = threading.Lock()
+
+
 def compose_epsilon(events: Sequence[dp_event.DpEvent], *, delta: float, accountant: str = "rdp") -> float:
     """Epsilon at ``delta`` of the composition of ``events`` under ``accountant``.
 
-    Returns ``inf`` when delta is 0 and an event is not pure, and 0 for no events.
+    Returns ``inf`` when delta is 0 and an event is not pure, and 0 for no events. Results are memoised
+    per process (a pure function of the events, whose ``repr`` lists every field exactly).
     """
     events = [e for e in events if not isinstance(e, dp_event.NoOpDpEvent)]
     if not events:
         return 0.0
+    key = (repr(events), float(delta), accountant)
+    if " object at 0x" in key[0]:  # an event without a field-by-field repr: not memoised
+        return _compose_epsilon(events, delta=delta, accountant=accountant)
+    with _EPSILONS_LOCK:
+        if key in _EPSILONS:
+            _EPSILONS.move_to_end(key)
+            return _EPSILONS[key]
+    epsilon = _compose_epsilon(events, delta=delta, accountant=accountant)
+    with _EPSILONS_LOCK:
+        _EPSILONS[key] = epsilon
+        while len(_EPSILONS) > _EPSILONS_MAX:
+            _EPSILONS.popitem(last=False)
+    return epsilon
+
+
+def _compose_epsilon(events: list[dp_event.DpEvent], *, delta: float, accountant: str) -> float:
     acc = _make(accountant)
     composed = dp_event.ComposedDpEvent(list(events))
     if accountant == "rdp":

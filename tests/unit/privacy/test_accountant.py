@@ -228,3 +228,16 @@ def test_guarantee_caveat_appears_next_to_epsilon_only_without_secure_noise():
     mixed = ReleaseAccount(delta=1e-5, spends=[sgd, seeded]).guarantee
     assert mixed is not None and "\n" not in mixed
     assert "(generator.dp_sgd)" in mixed and "noise of condition is from a seeded, non-secure generator" in mixed
+
+
+def test_memoised_epsilons_equal_fresh_ones_and_never_mix_events(monkeypatch):
+    from safesynth.privacy import accountant as acc
+
+    monkeypatch.setattr(acc, "_EPSILONS", acc.collections.OrderedDict())
+    events = [dp_event.PoissonSampledDpEvent(0.01, dp_event.GaussianDpEvent(m)) for m in (0.8, 0.8000001, 1.2)]
+    fresh = [acc._compose_epsilon([e], delta=1e-5, accountant="rdp") for e in events]
+    assert len(set(fresh)) == 3  # neighbouring noise multipliers give different epsilons
+    for _ in range(2):  # the second pass is served from the memo
+        assert [acc.compose_epsilon([e], delta=1e-5) for e in events] == fresh
+    assert acc.compose_epsilon([events[0]], delta=1e-6) > fresh[0]  # delta is part of the key
+    assert len(acc._EPSILONS) == 4
