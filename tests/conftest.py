@@ -42,6 +42,26 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server for the session: ``$SAFESYNTH_TEST_POSTGRES_URL``, else one started here.
+
+    Skips only where no server can be started (no PostgreSQL binaries); CI's machines have them.
+    """
+    pytest.importorskip("psycopg")
+    given = os.environ.get("SAFESYNTH_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    from tests.postgres_server import available, postgres_server
+
+    reason = available()
+    if reason is not None:
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url
+
+
 @pytest.fixture
 def safesynth_home(tmp_path, monkeypatch) -> Path:
     """A fresh SAFESYNTH_HOME (ledger, work directories) for one test."""

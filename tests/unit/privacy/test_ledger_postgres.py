@@ -1,13 +1,13 @@
 """The ledger on PostgreSQL: the same guarantees as on SQLite, through row locks and ALTER TABLE.
 
-Opt-in: set ``SAFESYNTH_TEST_POSTGRES_URL`` to a server URL whose user may create databases (e.g.
-``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``) and install ``safesynth[postgres]``. Each test
-gets a fresh database, dropped afterwards.
+The session fixture ``postgres_url`` (tests/conftest.py) starts a real server with ``initdb`` + ``pg_ctl``
+unless ``SAFESYNTH_TEST_POSTGRES_URL`` names one (a URL whose user may create databases, e.g.
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``). Each test gets a fresh database, dropped
+afterwards.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
@@ -20,18 +20,14 @@ from safesynth.privacy.ledger import Ledger, check_ledger
 from tests.unit.privacy import _ledger_workers as workers
 from tests.unit.privacy._ledger_helpers import process_context, reserve
 
-SERVER = os.environ.get("SAFESYNTH_TEST_POSTGRES_URL")
-pytestmark = pytest.mark.skipif(not SERVER, reason="SAFESYNTH_TEST_POSTGRES_URL is not set")
-
 
 @pytest.fixture
-def pg_url():
-    pytest.importorskip("psycopg")
-    admin = create_engine(SERVER, isolation_level="AUTOCOMMIT")
+def pg_url(postgres_url):
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     name = f"safesynth_test_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name}"))
-    yield make_url(SERVER).set(database=name).render_as_string(hide_password=False)
+    yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
     admin.dispose()
