@@ -28,6 +28,7 @@ __all__ = [
     "exact_copy_rates",
     "max_over_attacks",
     "roc_auc",
+    "roc_bound_for_epsilon",
     "summarize_attack",
     "tpr_at_fpr",
 ]
@@ -250,3 +251,24 @@ def auc_bound_for_epsilon(*, epsilon: float, delta: float = 0.0) -> float:
     # e^eps / (1 + e^eps) as a logistic and 1 / (1 + e^eps) = e^-eps * share: no overflow for large epsilon.
     share = 1.0 / (1.0 + math.exp(-epsilon))
     return min(1.0, (1.0 - delta) * (share + delta * math.exp(-epsilon) * share) + delta)
+
+
+def roc_bound_for_epsilon(fpr: np.ndarray, *, epsilon: float, delta: float = 0.0) -> np.ndarray:
+    """The highest TPR any membership test can reach at each ``fpr`` against an ``(epsilon, delta)``-DP release.
+
+    ``min(e^eps FPR + delta, 1 - e^-eps (1 - delta - FPR), 1)``: the two trade-off constraints of
+    :func:`auc_bound_for_epsilon`, whose area under this curve it is.
+
+    Raises:
+        ValueError: ``epsilon < 0``, ``delta`` outside [0, 1] or an ``fpr`` outside [0, 1].
+    """
+    if not epsilon >= 0 or not 0.0 <= delta <= 1.0:
+        raise ValueError(f"`epsilon` ({epsilon}) must be >= 0 and `delta` ({delta}) in [0, 1]")
+    x = np.asarray(fpr, dtype=float)
+    if ((x < 0) | (x > 1) | np.isnan(x)).any():
+        raise ValueError("`fpr` must lie in [0, 1]")
+    if math.isinf(epsilon):
+        return np.ones_like(x)
+    first = math.exp(min(epsilon, 700.0)) * x + delta  # beyond e^700 the line is 1 at any positive FPR anyway
+    second = 1.0 - math.exp(-epsilon) * (1.0 - delta - x)
+    return np.asarray(np.minimum(np.minimum(first, second), 1.0), dtype=float)

@@ -19,6 +19,7 @@ from safesynth.audit.stats import (
     exact_copy_rates,
     max_over_attacks,
     roc_auc,
+    roc_bound_for_epsilon,
     summarize_attack,
     tpr_at_fpr,
 )
@@ -126,3 +127,12 @@ def test_epsilon_bound_edges():
     assert auc_bound_for_epsilon(epsilon=1.0, delta=1.0) == 1.0
     with pytest.raises(ValueError, match="`epsilon`"):
         auc_bound_for_epsilon(epsilon=-1.0)
+
+
+@pytest.mark.parametrize(("epsilon", "delta"), [(0.0, 0.0), (1.0, 0.0), (2.0, 1e-3), (4.0, 0.05)])
+def test_the_dp_roc_bound_encloses_the_auc_bound(epsilon, delta):
+    fpr = np.linspace(0.0, 1.0, 200_001)
+    tpr = roc_bound_for_epsilon(fpr, epsilon=epsilon, delta=delta)
+    assert tpr[0] == pytest.approx(delta) and tpr[-1] == 1.0 and (np.diff(tpr) >= 0).all()
+    area = float(np.sum((tpr[1:] + tpr[:-1]) / 2 * np.diff(fpr)))
+    assert area == pytest.approx(auc_bound_for_epsilon(epsilon=epsilon, delta=delta), abs=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from safesynth.audit.utility import correlation_difference, marginal_tvd, tstr, tstr_vs_trtr
+from safesynth.audit.utility import correlation_difference, marginal_tvd, pairwise_tvd, tstr, tstr_vs_trtr
 from tests.helpers import make_spec
 
 
@@ -44,3 +44,14 @@ def test_tstr_equals_trtr_when_the_synthetic_rows_are_the_training_rows():
     assert same.roc_auc_ratio == pytest.approx(1.0) and same.trtr_roc_auc > 0.9
     # A synthetic table with one class teaches nothing: chance AUC, without fitting a model.
     assert tstr(train.assign(label="no"), test, target="label", positive="yes")["roc_auc"] == 0.5
+
+
+def test_pairwise_tvd_holds_each_pair_and_averages_to_the_2way_tvd(tmp_path):
+    spec = make_spec(tmp_path, columns={"c": {"type": "categorical", "categories": ["a", "b"]},
+                                        "x": {"type": "integer", "min": 0, "max": 20},
+                                        "note": {"type": "text", "max_length": 10}})
+    real = pd.DataFrame({"c": ["a", "a", "b", "b"], "x": pd.array([0, 0, 1, 1], "Int64"), "note": ["t"] * 4})
+    synthetic = pd.DataFrame({"c": ["a", "a", "a", "b"], "x": pd.array([0, 1, 1, 1], "Int64"), "note": ["u"] * 4})
+    pairs = pairwise_tvd(real, synthetic, spec)
+    assert pairs == pytest.approx({("c", "x"): 0.5})  # text columns have no marginals
+    assert marginal_tvd(real, synthetic, spec)["tvd_2way"] == pytest.approx(np.mean(list(pairs.values())))
