@@ -15,6 +15,11 @@ so each target costs its ``k`` nearest synthetic rows and ``k`` kernel evaluatio
 (``logaddexp``). The bandwidth is the reference KDE's (Scott's rule) for both fits: the added point
 changes Scott's factor by a factor ``((n+1)/n)^(-1/(d+4))``, which we ignore. The paper fits other
 surrogates (and more neighbours); the KDE keeps it parameter-free and fast.
+
+Scale: ``log p_R`` is evaluated once per synthetic row; with more than ``max_centres`` (default 2,048)
+reference rows the KDE sums the ``kde_neighbours`` (default 128) nearest reference kernels exactly and
+estimates the rest from a seeded subsample (:mod:`.density`), linear in the synthetic rows. ``n`` in the
+closed form stays the full reference count.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class LocalLikelihoodRatio:
     name: ClassVar[str] = "gen-lra"
     neighbours: int = 5
     dims: int = 10
+    max_centres: int = 2_048
+    kde_neighbours: int = 128
 
     def scores(self, *, synthetic: pd.DataFrame, reference: pd.DataFrame, targets: pd.DataFrame,
                spec: ReleaseSpec) -> np.ndarray:
@@ -57,7 +64,8 @@ class LocalLikelihoodRatio:
         space = ReducedSpace.fit([synthetic, reference], spec=spec, dims=self.dims)
         syn = space.transform(synthetic, spec=spec)
         x = space.transform(targets, spec=spec)
-        surrogate = GaussianKDE.fit(space.transform(reference, spec=spec))
+        surrogate = GaussianKDE.fit(space.transform(reference, spec=spec), max_centres=self.max_centres,
+                                    neighbours=self.kde_neighbours)
         n = len(surrogate.centres)
         log_p_ref = surrogate.log_density(syn)  # log p_R at every synthetic row, once
         k = min(self.neighbours, len(syn))

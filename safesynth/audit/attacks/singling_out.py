@@ -9,6 +9,9 @@ with the same predicates on as many non-members (the holdout) as control; the ba
 equality predicates with values from random synthetic rows. Risk and intervals as in :mod:`.confidence`.
 
 Predicates carry data values; they stay inside this module and never reach a message.
+
+Cost: building the predicates is one ``value_counts`` per column; scoring them is one count of each
+column's values per attacked table and a dictionary look-up per equality predicate, linear in the rows.
 """
 
 from __future__ import annotations
@@ -65,7 +68,26 @@ def univariate_predicates(synthetic: pd.DataFrame, *, spec: ReleaseSpec) -> list
 
 
 def _singled_out(predicates: list[Predicate], frame: pd.DataFrame) -> int:
-    return sum(int(p.matches(frame).sum() == 1) for p in predicates)
+    """How many ``predicates`` match exactly one row of ``frame``.
+
+    Equality predicates (nearly all of them) are looked up in one count of each column's values, built
+    once per column: ``O(rows + predicates)`` instead of a pass over the rows per predicate (at 40,000
+    rows and 2,000 predicates that pass was the audit's slowest step). Exact: the same answer as
+    :meth:`Predicate.matches`. The few range and null predicates still use :meth:`Predicate.matches`.
+    """
+    counts: dict[str, dict[Any, int]] = {}
+    total = 0
+    for p in predicates:
+        if p.op != "==":
+            total += int(p.matches(frame).sum() == 1)
+            continue
+        if p.value is None or bool(pd.isna(p.value)):  # a null never compares equal
+            continue
+        if p.column not in counts:
+            values = frame[p.column].dropna().astype(object).value_counts()
+            counts[p.column] = dict(zip(values.index, values.to_numpy().tolist(), strict=True))
+        total += int(counts[p.column].get(p.value, 0) == 1)
+    return total
 
 
 def singling_out(

@@ -90,6 +90,22 @@ def test_singling_out_counts_predicates_that_isolate_one_row(tmp_path):
     assert result.risk.value == pytest.approx(risk(3, 1, 4))
 
 
+
+def test_singling_out_counts_match_the_row_by_row_definition(tmp_path):
+    # The per-column value counts give the same answer as matching each predicate against every row,
+    # with nulls, datetimes, texts and baseline predicates drawn from null synthetic values.
+    from safesynth.audit.attacks.singling_out import Predicate, _singled_out, univariate_predicates
+    from tests.helpers import mixed_frame
+
+    spec = make_spec(tmp_path)
+    synthetic, frame = mixed_frame(300, seed=1), mixed_frame(300, seed=2)
+    predicates = univariate_predicates(synthetic, spec=spec)
+    predicates += [Predicate(column=c, op="==", value=synthetic[c].iloc[i])
+                   for c in synthetic.columns for i in range(40)]
+    assert any(p.op == "==" and pd.isna(p.value) for p in predicates)
+    expected = sum(int(p.matches(frame).sum() == 1) for p in predicates)
+    assert _singled_out(predicates, frame) == expected > 0
+
 def test_linkability_links_members_through_their_copies_only(tmp_path):
     spec = make_spec(tmp_path, columns={
         "a": {"type": "integer", "min": 0, "max": 100},
