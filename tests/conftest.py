@@ -71,23 +71,30 @@ def safesynth_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_dask():
-    """One real LocalCluster for modules that run many releases, reached as an existing scheduler.
-
-    Those releases still sample on Dask (through ``SAFESYNTH_DASK_SCHEDULER``); only the cluster's start-up
-    (seconds per release on 2 cores) is shared. Starting a LocalCluster per release is tested where it is
-    the subject (tests/e2e/test_release_flow.py, tests/integration/test_distributed_sampling.py).
-    """
+def _release_cluster():
+    """The LocalCluster behind :func:`shared_dask`, started once per session."""
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                       env={"SAFESYNTH_TORCH_THREADS": "1"}) as cluster:
-        before = os.environ.get("SAFESYNTH_DASK_SCHEDULER")
-        os.environ["SAFESYNTH_DASK_SCHEDULER"] = cluster.scheduler_address
-        try:
-            yield cluster.scheduler_address
-        finally:
-            if before is None:
-                os.environ.pop("SAFESYNTH_DASK_SCHEDULER", None)
-            else:
-                os.environ["SAFESYNTH_DASK_SCHEDULER"] = before
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def shared_dask(_release_cluster):
+    """One real LocalCluster for modules that run many releases, reached as an existing scheduler.
+
+    Those releases still sample on Dask (through ``SAFESYNTH_DASK_SCHEDULER``, set for the requesting
+    module only); only the cluster's start-up (seconds per release on 2 cores) is shared. Starting a
+    LocalCluster per release is tested where it is the subject (tests/e2e/test_release_flow.py,
+    tests/integration/test_distributed_sampling.py), which must not see this variable.
+    """
+    before = os.environ.get("SAFESYNTH_DASK_SCHEDULER")
+    os.environ["SAFESYNTH_DASK_SCHEDULER"] = _release_cluster
+    try:
+        yield _release_cluster
+    finally:
+        if before is None:
+            os.environ.pop("SAFESYNTH_DASK_SCHEDULER", None)
+        else:
+            os.environ["SAFESYNTH_DASK_SCHEDULER"] = before

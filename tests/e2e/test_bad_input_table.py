@@ -463,7 +463,7 @@ def _execute(case: Case, ws: Workspace) -> Outcome:
 
 
 @pytest.fixture(scope="module")
-def launched(request, tmp_path_factory) -> Iterator[dict[str, Future[Outcome]]]:
+def launched(request, tmp_path_factory, shared_dask) -> Iterator[dict[str, Future[Outcome]]]:
     """Every selected case of this module, started on a thread pool; test id -> its future outcome."""
     selected = [item for item in request.session.items if item.module is request.module
                 and item.originalname in ("test_bad_input_refused", "test_bad_record_repaired")]

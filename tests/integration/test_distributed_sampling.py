@@ -33,6 +33,12 @@ SHARDS = 6
 ROWS = 1_200
 
 
+@pytest.fixture(autouse=True)
+def _no_scheduler_from_the_environment(monkeypatch):
+    """Tests here name their scheduler, or start a LocalCluster: never one from the environment."""
+    monkeypatch.delenv("SAFESYNTH_DASK_SCHEDULER", raising=False)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """``dask scheduler`` + two ``dask worker`` processes (one thread each) on 127.0.0.1."""
@@ -84,6 +90,7 @@ def test_an_external_scheduler_samples_every_shard_once(undisturbed, fitted):
 def test_the_same_plan_gives_the_same_rows_on_a_local_cluster(undisturbed, fitted, tmp_path):
     spec, model_dir = fitted
     _, frame, _ = undisturbed
+    assert plan_cluster(spec, shards=SHARDS).kind == "local"
     local = sample(spec, model_dir, tmp_path).read()  # a LocalCluster started for the call
     pd.testing.assert_frame_equal(local, frame)
 

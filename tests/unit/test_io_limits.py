@@ -210,8 +210,9 @@ def test_gzip_bomb_stops_at_the_limit(tmp_path):
     (tmp_path / "spec.pickle").write_bytes(pickle.dumps(spec))
     probe = subprocess.run(
         [sys.executable, "-c", _BOMB_PROBE, str(tmp_path / "spec.pickle")],
-        capture_output=True, text=True, timeout=120, check=True, cwd=Path(__file__).parents[2],
+        capture_output=True, text=True, timeout=120, check=False, cwd=Path(__file__).parents[2],
     )
+    assert probe.returncode == 0, probe.stderr[-3000:]
     measured = json.loads(probe.stdout.strip().splitlines()[-1])
     expected = "the source decompresses to more than `max_source_bytes` (1048576 bytes)"
     assert expected in measured["message"]
