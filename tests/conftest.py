@@ -71,18 +71,23 @@ def safesynth_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _release_cluster():
-    """The LocalCluster behind :func:`shared_dask`, started once per session."""
-    from distributed import LocalCluster
+def _release_cluster(tmp_path_factory):
+    """The cluster behind :func:`shared_dask`, started once per session: a ``dask scheduler`` and one
+    ``dask worker`` process (one thread, one torch thread).
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                      env={"SAFESYNTH_TORCH_THREADS": "1"}) as cluster:
-        yield cluster.scheduler_address
+    Not a LocalCluster: its scheduler would run in this process for the whole session, and its threads'
+    use of the global ``random`` module during a Hypothesis draw makes Hypothesis fail the test as flaky
+    (seen in CI).
+    """
+    from tests.dask_cluster import dask_cluster
+
+    with dask_cluster(tmp_path_factory.mktemp("release-dask"), workers=1) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
 def shared_dask(_release_cluster):
-    """One real LocalCluster for modules that run many releases, reached as an existing scheduler.
+    """One real Dask cluster for modules that run many releases, reached as an existing scheduler.
 
     Those releases still sample on Dask (through ``SAFESYNTH_DASK_SCHEDULER``, set for the requesting
     module only); only the cluster's start-up (seconds per release on 2 cores) is shared. Starting a
