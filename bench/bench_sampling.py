@@ -129,7 +129,7 @@ def _noop() -> None:
 
 
 def prewarmed(spec: Any) -> None:
-    """What a release does when its fit stage starts: the fork server imports the workers' modules.
+    """What a release does once its budget is reserved: the fork server imports the workers' modules.
 
     Waits until it is ready (a fit takes longer than that: minutes for an llm), so the clock that
     follows measures a sample stage that comes after a fit.

@@ -96,6 +96,7 @@ def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Run
         return ReleaseOutcome(release_id=ctx.release_id, dataset=ctx.spec.dataset, status="already_published",
                               message=str(exc))
     status = "failed"
+    stages.prewarm_sampling(ctx)  # worker imports overlap ingest, validation and the fit
     try:
         raw = run("ingest", stages.ingest, ctx, reservation)
         clean = run("validate", stages.validate, ctx, raw)

@@ -328,13 +328,16 @@ def split(ctx: RunContext, clean_path: Path) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------------------------- generator
 
 
-def _prewarm_sampling(spec: ReleaseSpec) -> None:
-    """Let a local cluster's workers import their modules while the generator fits (never fails the fit)."""
+def prewarm_sampling(ctx: RunContext) -> None:
+    """Let a local cluster's workers import their modules while the data is read and the generator fits.
+
+    Reads no data and never fails: an optimisation only (the sample stage starts workers anyway).
+    """
     from safesynth.sampling.cluster import prewarm_workers
 
     try:
-        if prewarm_workers(spec):
-            log.info("sampling workers: importing their modules while the generator fits")
+        if prewarm_workers(ctx.spec):
+            log.info("sampling workers: importing their modules while the data is read and the generator fits")
     except Exception as exc:  # noqa: BLE001 - an optimisation only; the sample stage starts workers anyway
         log.debug("sampling workers not prewarmed (%s)", exc.__class__.__name__)
 
@@ -349,7 +352,6 @@ def fit(ctx: RunContext, train_path: Path, *, noise: NoiseSource | None = None) 
     from safesynth.repair import REPAIRED_COLUMN, repair_records
 
     spec = ctx.spec
-    _prewarm_sampling(spec)
     plan = plan_budget(spec)
     account = ReleaseAccount(delta=spec.privacy.delta, accountant=spec.privacy.accountant)
     noise = noise or default_noise()

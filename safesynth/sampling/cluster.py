@@ -139,7 +139,7 @@ _DASK_HASH_SEED = "6640"
 
 
 def prewarm_workers(spec: ReleaseSpec) -> bool:
-    """Start the fork server of a local cluster now, so the workers' imports overlap the fit stage.
+    """Start the fork server of a local cluster now, so the workers' imports overlap reading and fitting.
 
     Returns at once: the server imports the plan's modules (torch and transformers for an llm: ~4 s on 2
     cores) in its own process while the caller goes on. The local cluster of the sample stage then forks

@@ -223,7 +223,7 @@ def test_undeclared_categories_are_discovered_with_dp_and_charged(tmp_path, safe
 
 def test_flow_publishes_an_llm_release(tmp_path, safesynth_home, prefect_harness, monkeypatch):
     """The DP-SGD language model through the whole flow (a tiny model on a column subset, for speed), sampled
-    on a LocalCluster started for the release (its workers prewarmed during the fit)."""
+    on a LocalCluster started for the release (its workers prewarmed while the data is read and fitted)."""
     monkeypatch.delenv("SAFESYNTH_DASK_SCHEDULER", raising=False)
     data = yaml.safe_load((REPO / "data" / "demo.yaml").read_text())
     keep = ["age", "sex", "department", "visit_type", "smoker", "bmi"]
