@@ -15,7 +15,7 @@ from pathlib import Path
 from safesynth.errors import SpecError
 from safesynth.spec import ReleaseSpec
 
-__all__ = ["check_release_id", "check_target", "preflight"]
+__all__ = ["check_attacks", "check_release_id", "check_target", "preflight"]
 
 _RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -54,12 +54,22 @@ def check_target(spec: ReleaseSpec) -> None:
         raise SpecError(f"`publish.target` ({target}): {existing} is not writable")
 
 
+def check_attacks(spec: ReleaseSpec) -> None:
+    """Every ``audit.attacks`` name is a registered membership attack. Raises SpecError."""
+    from safesynth.audit.attacks import ATTACKS
+
+    unknown = [name for name in spec.audit.attacks if name not in ATTACKS]
+    if unknown:
+        raise SpecError(f"`audit.attacks`: unknown attack(s) {unknown}; known: {sorted(ATTACKS)}")
+
+
 def preflight(spec: ReleaseSpec) -> None:
     """Every check that needs no private data. Raises SpecError or SourceReadError (exit code 2)."""
     from safesynth.io import check_source
     from safesynth.privacy.ledger import preflight_ledger
 
     spec.source_format  # noqa: B018 - raises SpecError for an unknown extension
+    check_attacks(spec)
     if spec.generator.kind == "llm":  # torch is imported only for the llm generator
         from safesynth.generator.llm.device import resolve_device
 

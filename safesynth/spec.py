@@ -30,6 +30,7 @@ __all__ = [
     "BooleanColumn",
     "CategoricalColumn",
     "ColumnSpec",
+    "GateSpec",
     "DatetimeColumn",
     "FloatColumn",
     "IntegerColumn",
@@ -306,10 +307,64 @@ class SamplingSpec(_Frozen):
         return value
 
 
+#: Membership attacks of the published gate by default (names in ``safesynth.audit.attacks.ATTACKS``).
+DEFAULT_GATE_ATTACKS = ("distance-to-closest-record", "domias", "gen-lra", "classifier")
+#: Figures a gate can read, with the direction that makes sense for each.
+GATE_FIGURES = {"attack_auc": "max", "tvd_2way": "max", "tstr_ratio": "min"}
+
+
+class GateSpec(_Frozen):
+    """One publication gate: a published (DP) audit figure and its limit."""
+
+    figure: Literal["attack_auc", "tvd_2way", "tstr_ratio"] = Field(
+        ..., description="attack_auc: the DP maximum over `audit.attacks` of the membership AUC (95% upper "
+        "bound); tvd_2way: the DP mean 2-way TVD to the holdout (95% upper bound); tstr_ratio: DP accuracy of a "
+        "classifier trained on synthetic over one trained on real rows, on `audit.target_column` (95% lower bound)."
+    )
+    max: float | None = Field(None, ge=0.0, description="Block when the figure's upper bound exceeds this.")
+    min: float | None = Field(None, ge=0.0, description="Block when the figure's lower bound is below this.")
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> GateSpec:
+        direction = GATE_FIGURES[self.figure]
+        if (self.max is None) == (self.min is None) or getattr(self, direction) is None:
+            raise ValueError(f"gate `{self.figure}` takes exactly one limit, `{direction}`")
+        return self
+
+
 class AuditSpec(_Frozen):
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9, description="Rows kept out of fitting for the audit.")
     max_attack_auc: float = Field(
-        0.6, ge=0.5, le=1.0, description="Block when the DP membership AUC's 95% upper bound exceeds this."
+        0.6, ge=0.5, le=1.0, description="Block when the DP maximum membership AUC's 95% upper bound exceeds this "
+        "(the default gate; ignored when `gates` is set)."
+    )
+    max_tvd_2way: float | None = Field(
+        None, gt=0.0, le=1.0, description="Optional utility gate: block when the DP mean 2-way TVD exceeds this."
+    )
+    min_tstr_ratio: float | None = Field(
+        None, gt=0.0, le=2.0, description="Optional utility gate: block when DP TSTR / TRTR accuracy on "
+        "`target_column` is below this. Needs `target_column`."
+    )
+    gates: tuple[GateSpec, ...] | None = Field(
+        None, description="The gates, in full: a list of {figure, max|min}. Default: attack_auc <= "
+        "`max_attack_auc`, plus the optional `max_tvd_2way` and `min_tstr_ratio`. Must hold an attack_auc gate."
+    )
+    attacks: tuple[str, ...] = Field(
+        DEFAULT_GATE_ATTACKS, min_length=1, description="Membership attacks whose DP maximum AUC is the "
+        "attack_auc figure (registered names; see `safesynth audit --help`)."
+    )
+    target_column: str | None = Field(
+        None, description="Label column (categorical or boolean) of TSTR vs TRTR in the report and the "
+        "tstr_ratio gate."
+    )
+    sensitive_columns: tuple[str, ...] = Field(
+        (), description="Columns the report's attribute-inference risk tries to infer (restricted report only)."
+    )
+    report: bool = Field(True, description="Write the data owner's HTML + JSON report to the restricted reports.")
+    tstr_partitions: int = Field(
+        100, ge=2, le=10_000, description="Disjoint parts of the fitted rows whose real-data classifiers' mean "
+        "accuracy is the DP TRTR of the tstr_ratio gate: its noise scale is 1 / (parts x its epsilon share), so "
+        "the gate needs a generous audit budget (with too little, its lower bound falls and it blocks)."
     )
     low_fpr: float = Field(0.01, gt=0.0, lt=0.5, description="FPR of the restricted TPR diagnostic (not a gate).")
     max_audit_rows: int = Field(
@@ -323,6 +378,33 @@ class AuditSpec(_Frozen):
             raise ValueError("`max_tpr_at_low_fpr` was removed: TPR at a low FPR has no small sensitivity, so it "
                              "cannot gate a DP release (it is an exact diagnostic in the restricted audit.json)")
         return data
+
+    @model_validator(mode="after")
+    def _gates(self) -> AuditSpec:
+        if self.gates is not None:
+            if self.max_tvd_2way is not None or self.min_tstr_ratio is not None:
+                raise ValueError("set `max_tvd_2way` and `min_tstr_ratio` inside `gates` when `gates` is given")
+            if not any(g.figure == "attack_auc" for g in self.gates):
+                raise ValueError("`gates` must hold an attack_auc gate (a release is never published unaudited)")
+            if len({g.figure for g in self.gates}) != len(self.gates):
+                raise ValueError("`gates` must not name a figure twice")
+        if len(set(self.attacks)) != len(self.attacks):
+            raise ValueError("`attacks` must not repeat a name")
+        if any(g.figure == "tstr_ratio" for g in self.effective_gates) and self.target_column is None:
+            raise ValueError("the tstr_ratio gate needs `target_column`")
+        return self
+
+    @property
+    def effective_gates(self) -> tuple[GateSpec, ...]:
+        """The gates in force: ``gates`` as written, or the default built from the shorthand fields."""
+        if self.gates is not None:
+            return self.gates
+        out = [GateSpec(figure="attack_auc", max=self.max_attack_auc)]
+        if self.max_tvd_2way is not None:
+            out.append(GateSpec(figure="tvd_2way", max=self.max_tvd_2way))
+        if self.min_tstr_ratio is not None:
+            out.append(GateSpec(figure="tstr_ratio", min=self.min_tstr_ratio))
+        return tuple(out)
 
 
 class ValidationSpec(_Frozen):
@@ -394,9 +476,14 @@ class ReleaseSpec(_Frozen):
                 f"columns {undeclared} have no declared domain; declare `categories` or `min`/`max`, "
                 "or allot budget with `privacy.allocation.discovery`"
             )
-        for key, name in (("generator.condition_on", getattr(self.generator, "condition_on", None)),):
+        for key, name in (("generator.condition_on", getattr(self.generator, "condition_on", None)),
+                          ("audit.target_column", self.audit.target_column),
+                          *(("audit.sensitive_columns", c) for c in self.audit.sensitive_columns)):
             if name is not None and name not in self.columns:
                 raise ValueError(f"`{key}` ({name!r}) must be one of the declared columns")
+        target = self.audit.target_column
+        if target is not None and not isinstance(self.columns[target], CategoricalColumn | BooleanColumn):
+            raise ValueError(f"`audit.target_column` ({target!r}) must be a categorical or boolean column")
         return self
 
     # Resolved locations ------------------------------------------------------------------------

@@ -481,21 +481,28 @@ def write_output(ctx: RunContext, fitted: Fitted, synthetic: SampledRows) -> lis
 
 def audit(ctx: RunContext, fitted: Fitted, synthetic: SampledRows, train_path: Path, holdout_path: Path, *,
           noise: NoiseSource | None = None) -> NoisyAudit:
-    """The DP membership audit (fitted rows vs holdout against the synthetic rows), charged to the plan.
+    """The DP audit (fitted rows vs holdout against the synthetic rows), charged to the plan.
 
-    Returns only the published, noisy figures; the exact ones go to the restricted ``audit.json``.
+    Returns only the published, noisy figures; the exact ones go to the restricted ``audit.json``, and the
+    data owner's full report (every attack with a real reference, the risks, utility) to the restricted
+    ``audit_report/`` (when ``audit.report``).
 
     Privacy:
         Spends the plan's ``audit`` stage (pure epsilon, add/remove one record; see
-        :func:`safesynth.audit.membership.audit_membership`), recorded in ``account.json``.
+        :func:`safesynth.audit.membership.audit_membership`), recorded in ``account.json``. The owner's
+        report is not DP and never leaves the restricted reports directory; it decides nothing.
     """
     spec = fitted.schema.spec
     stage = plan_budget(ctx.spec).stage("audit")  # the spec as written: the resolved one plans no discovery
     account = load_account(ctx)
+    # What the synthetic rows were released under (an account without spends: the spec's claim).
+    privacy = ctx.spec.privacy
+    claimed = (account.epsilon, account.delta) if account.spends else (privacy.epsilon, privacy.delta)
+    rows, train, holdout = synthetic.read(), pd.read_parquet(train_path), pd.read_parquet(holdout_path)
     try:
         published, diagnostics = audit_membership(
-            synthetic.read(), pd.read_parquet(train_path), pd.read_parquet(holdout_path),
-            spec=spec, epsilon=stage.epsilon, account=account, noise=noise or default_noise(),
+            rows, train, holdout, spec=spec, epsilon=stage.epsilon, account=account, noise=noise or default_noise(),
+            claimed_epsilon=claimed[0], claimed_delta=claimed[1],
         )
     finally:
         save_account(ctx, account)  # whatever was spent before a failure stays recorded
@@ -506,10 +513,31 @@ def audit(ctx: RunContext, fitted: Fitted, synthetic: SampledRows, train_path: P
         log.warning("membership audit (DP, epsilon %.3g): the DP count leaves no rows per side; the AUC bound is "
                     "vacuous (1.0)", published.epsilon)
     else:
-        log.info("membership audit (DP, epsilon %.3g): noisy AUC %.3f, 95%% upper bound %.3f, %d rows per side "
-                 "(from a DP count); exact figures only in the restricted reports", published.epsilon,
-                 published.noisy_auc, published.auc_upper, published.rows_per_side)
+        log.info("membership audit (DP, epsilon %.3g): max over %d attacks, noisy AUC %.3f, 95%% upper bound %.3f, "
+                 "%d rows per side (from a DP count); exact figures only in the restricted reports",
+                 published.epsilon, len(published.attacks), published.noisy_auc, published.auc_upper,
+                 published.rows_per_side)
+    for figure in published.utility:
+        log.info("utility (DP): %s %s (95%% bounds %.3f to %.3f)", figure.figure,
+                 "-" if figure.value is None else f"{figure.value:.3f}", figure.lower, figure.upper)
+    if spec.audit.report:
+        _owner_report(ctx, spec, train, holdout, rows, claimed)
     return published
+
+
+def _owner_report(ctx: RunContext, spec: ReleaseSpec, train: pd.DataFrame, holdout: pd.DataFrame,
+                  synthetic: pd.DataFrame, claimed: tuple[float, float]) -> None:
+    """The data owner's HTML + JSON report, restricted; a failure is logged (it decides nothing)."""
+    from safesynth.audit.report import write_report
+    from safesynth.audit.suite import run_suite
+
+    try:
+        result = run_suite(spec=spec, train=train, holdout=holdout, synthetic=synthetic, epsilon=claimed[0],
+                           delta=claimed[1], rng=np.random.default_rng(secrets.randbits(128)))
+        write_report(result.report, ctx.report("audit_report"))
+        log.info("wrote the data owner's audit report (exact figures, restricted) under the run's reports")
+    except Exception as exc:  # noqa: BLE001 - the report is diagnostics: never fail a release after the spend
+        log.warning("could not write the data owner's audit report (%s)", exc.__class__.__name__)
 
 
 def gate(ctx: RunContext, audit: NoisyAudit | None) -> GateDecision:

@@ -2,8 +2,16 @@
 
 The decision is post-processing of the DP audit's published figures (:class:`~safesynth.audit.membership.
 NoisyAudit`) and spec constants only, so whether a release appears is covered by the release's (epsilon,
-delta). The gate compares the noisy AUC's one-sided 95% upper bound (sampling error and DP noise) with
-``audit.max_attack_auc``. Fail closed: a missing or non-finite figure blocks.
+delta). The gates are ``audit.effective_gates``:
+
+* ``attack_auc`` (always present): the noisy maximum membership AUC over ``audit.attacks``, its one-sided
+  95% upper bound (sampling error and DP noise) against the limit; beside it the *epsilon-consistency*
+  check blocks when even the AUC's 95% lower bound beats ``e^eps / (1 + e^eps)`` for the synthetic rows'
+  claimed epsilon, which no correct DP release allows (an implementation error);
+* ``tvd_2way``: the noisy mean 2-way TVD's upper bound against a maximum;
+* ``tstr_ratio``: the noisy TSTR / TRTR accuracy ratio's lower bound against a minimum.
+
+Fail closed: a missing or NaN figure blocks.
 """
 
 from __future__ import annotations
@@ -40,20 +48,46 @@ class GateDecision:
         return {"passed": self.passed, "gates": [asdict(g) for g in self.gates]}
 
 
-def _gate(name: str, figure: float | None, threshold: float, what: str) -> GateResult:
-    if figure is None or not math.isfinite(figure):
+def _gate(name: str, figure: float | None, threshold: float, what: str, *, direction: str = "max") -> GateResult:
+    if figure is None or math.isnan(figure):
         return GateResult(gate=name, passed=False, figure=None, threshold=threshold,
                           reason=f"{name}: {what} is missing; the gate fails closed")
-    passed = figure <= threshold
-    verdict = "<=" if passed else ">"
+    passed = figure <= threshold if direction == "max" else figure >= threshold
+    verdict = ("<=" if passed else ">") if direction == "max" else (">=" if passed else "<")
     return GateResult(gate=name, passed=passed, figure=figure, threshold=threshold,
                       reason=f"{name}: {what} {figure:.3f} {verdict} threshold {threshold:.3f}")
 
 
+def _epsilon_check(result: NoisyAudit) -> GateResult:
+    """Block when even the AUC's lower bound beats what the claimed epsilon allows: a bug, not an attack."""
+    what = "DP attack AUC (95% lower bound, Bonferroni over the attacks) against the claimed epsilon's AUC bound"
+    if result.noisy_auc is None:
+        return GateResult(gate="epsilon-consistency", passed=True, figure=None, threshold=result.auc_bound,
+                          reason="epsilon-consistency: no AUC was released (nothing to check)")
+    passed = result.auc_lower <= result.auc_bound
+    verdict = "<=" if passed else "> (an implementation error: the attack beats the claimed epsilon)"
+    return GateResult(gate="epsilon-consistency", passed=passed, figure=result.auc_lower, threshold=result.auc_bound,
+                      reason=f"epsilon-consistency: {what} {result.auc_lower:.3f} {verdict} {result.auc_bound:.3f}")
+
+
 def evaluate_gates(audit: AuditSpec, result: NoisyAudit | None) -> GateDecision:
-    """Decide from the DP audit's figures; ``result=None`` (the audit did not run) blocks."""
-    what = "DP attack AUC (95% upper bound)"
-    if result is not None and result.noisy_auc is None:
-        what = "DP attack AUC (no rows per side after the DP count: vacuous bound)"
-    gates = [_gate("membership-auc", result.auc_upper if result else None, audit.max_attack_auc, what)]
+    """Decide from the DP audit's figures and the spec's gates; ``result=None`` (no audit) blocks."""
+    gates: list[GateResult] = []
+    for spec in audit.effective_gates:
+        if spec.figure == "attack_auc":
+            threshold = float(spec.max if spec.max is not None else audit.max_attack_auc)
+            what = "DP max attack AUC (95% upper bound)"
+            if result is not None and result.noisy_auc is None:
+                what = "DP attack AUC (no rows per side after the DP count: vacuous bound)"
+            gates.append(_gate("membership-auc", result.auc_upper if result else None, threshold, what))
+            if result is not None:
+                gates.append(_epsilon_check(result))
+            continue
+        figure = result.figure(spec.figure) if result is not None else None
+        if spec.figure == "tvd_2way":
+            gates.append(_gate("tvd-2way", figure.upper if figure else None, float(spec.max or 0.0),
+                               "DP mean 2-way TVD (95% upper bound)"))
+        else:
+            gates.append(_gate("tstr-ratio", figure.lower if figure else None, float(spec.min or 0.0),
+                               "DP TSTR / TRTR accuracy (95% lower bound)", direction="min"))
     return GateDecision(passed=all(g.passed for g in gates), gates=tuple(gates))

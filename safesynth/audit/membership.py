@@ -48,16 +48,26 @@ compared with), so it never gates a release.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata
 
-from safesynth.audit.attacks import AttackResult, attack_figures, auc_upper_bound, dcr_scores
+from safesynth.audit.attacks import (
+    AttackResult,
+    attack_figures,
+    auc_upper_bound,
+    create_attack,
+    hanley_mcneil_variance,
+)
+from safesynth.audit.dp_utility import partitioned_accuracy, slot_tvd_2way
+from safesynth.audit.reference import domain_sample
+from safesynth.audit.stats import auc_bound_for_epsilon
 from safesynth.errors import InternalError
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend
 from safesynth.privacy.mechanisms import LaplaceMechanism
@@ -69,6 +79,7 @@ __all__ = [
     "SHORTFALL_PROBABILITY",
     "AuditDiagnostics",
     "NoisyAudit",
+    "NoisyFigure",
     "audit_membership",
     "calibrated_laplace",
     "release_auc",
@@ -81,15 +92,35 @@ __all__ = [
 COUNT_SHARE = 0.25
 #: Probability that ``k`` exceeds the smaller side (then dummies fill the missing slots, failing closed).
 SHORTFALL_PROBABILITY = 1e-3
-ATTACK = "distance-to-closest-record"
+#: Public reference rows (from the declared domains) the attacks of the published gate compare with.
+REFERENCE_ROWS = 10_000
+
+log = logging.getLogger("safesynth")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoisyFigure:
+    """One published utility figure: a noisy statistic and its one-sided 95% bounds (DP outputs)."""
+
+    figure: str
+    value: float | None
+    lower: float
+    upper: float
+    epsilon: float
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NoisyAudit:
     """The audit's published figures: DP outputs and spec constants only.
 
-    ``rows_per_side`` (``k``) comes from a noisy count; ``noisy_auc`` is None when ``k < 1``, and then
-    ``auc_upper`` is the vacuous 1.
+    ``rows_per_side`` (``k``) comes from a noisy count; ``noisy_auc`` (the maximum over ``attacks``) is None
+    when ``k < 1``, and then ``auc_upper`` is the vacuous 1. ``auc_lower`` is a one-sided 95% lower bound
+    (Bonferroni over the attacks) that the gate compares with ``auc_bound``, the largest AUC the claimed
+    ``(epsilon, delta)`` of the synthetic rows allows. ``utility`` holds the gated utility figures.
     """
 
     attack: str
@@ -100,19 +131,29 @@ class NoisyAudit:
     auc_noise_scale: float | None
     count_noise_scale: float
     shortfall_probability: float
+    attacks: tuple[str, ...] = ()
+    auc_lower: float = 0.0
+    auc_bound: float = 1.0
+    utility: tuple[NoisyFigure, ...] = ()
+
+    def figure(self, name: str) -> NoisyFigure | None:
+        """The utility figure ``name`` (``tvd_2way``, ``tstr_ratio``), if it was computed."""
+        return next((f for f in self.utility if f.figure == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "differentially_private": True, "neighbouring": "add/remove one record",
-                "note": "noisy figures from an accounted mechanism (stages audit.count, audit.auc); "
-                        "exact figures stay in the restricted reports"}
+        return {**asdict(self), "attacks": list(self.attacks), "utility": [f.to_dict() for f in self.utility],
+                "differentially_private": True, "neighbouring": "add/remove one record",
+                "note": "noisy figures from an accounted mechanism (stages audit.*); the attacks' reference "
+                        "rows are drawn from the declared domains; exact figures stay in the restricted reports"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditDiagnostics:
     """Exact figures on private rows, for the restricted reports directory only.
 
-    ``exact`` is the attack on the sampled real rows (exact AUC, its interval, TPR at low FPR, sizes);
-    ``slot_auc`` is the exact statistic that was noised (dummies included).
+    ``exact`` is the strongest attack on the sampled real rows (exact AUC, its interval, TPR at low FPR,
+    sizes); ``slot_auc`` is the exact statistic that was noised (dummies included); ``attack_aucs`` each
+    gated attack's slot AUC (a failed attack counts 1); ``utility`` the exact utility statistics.
     """
 
     exact: AttackResult | None
@@ -122,6 +163,9 @@ class AuditDiagnostics:
     noisy_count: float
     padded_members: int
     padded_non_members: int
+    attack_aucs: dict[str, float] = field(default_factory=dict)
+    failed_attacks: dict[str, str] = field(default_factory=dict)
+    utility: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**{k: v for k, v in asdict(self).items() if k != "exact"},
@@ -225,6 +269,94 @@ def _slots(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(n) if n <= k else rng.choice(n, k, replace=False)
 
 
+def _shares(epsilon: float, parts: int) -> list[float]:
+    """``parts`` equal shares of ``epsilon`` whose exact sum never exceeds it."""
+    share = epsilon / parts
+    while math.fsum([share] * parts) > epsilon:
+        share = math.nextafter(share, 0.0)
+    return [share] * parts
+
+
+def _attack_scores(name: str, synthetic: pd.DataFrame, reference: pd.DataFrame, targets: pd.DataFrame,
+                   spec: ReleaseSpec) -> tuple[np.ndarray, str | None]:
+    """One attack's scores of ``targets``; a failure gives NaN scores (the attack's wins) and its reason."""
+    try:
+        scores = np.asarray(create_attack(name).scores(synthetic=synthetic, reference=reference, targets=targets,
+                                                       spec=spec), dtype=float)
+        if scores.shape != (len(targets),):
+            raise InternalError(f"attack `{name}` returned {scores.shape} scores for {len(targets)} targets")
+        return scores, None
+    except Exception as exc:  # noqa: BLE001 - fail closed: a failed attack counts as a perfect one
+        log.warning("membership attack %s failed (%s); it counts as AUC 1 and blocks the release", name,
+                    exc.__class__.__name__)
+        return np.full(len(targets), np.nan), exc.__class__.__name__
+
+
+def _lower_bound(value: float, sd: float, tests: int) -> float:
+    return value - float(norm.ppf(1.0 - 0.05 / tests)) * sd
+
+
+def _release(value: float, *, stage: str, sensitivity: float, epsilon: float, noise: NoiseSource,
+             account: ReleaseAccount, statistic: str) -> tuple[float, float]:
+    """``value`` plus calibrated Laplace noise, its spend recorded first; returns ``(noisy, scale)``."""
+    mechanism = calibrated_laplace(sensitivity=sensitivity, epsilon=epsilon)
+    account.add(StageSpend(stage=stage, event=mechanism.event(), epsilon=mechanism.epsilon, delta=0.0,
+                           mechanism="laplace", secure_noise=bool(noise.secure),
+                           detail={"statistic": statistic, "sensitivity": sensitivity, "scale": mechanism.scale}))
+    return float(mechanism.release(np.array([float(value)]), noise=noise)[0]), mechanism.scale
+
+
+def _tvd_figure(non: pd.DataFrame, synthetic: pd.DataFrame, *, k: int, epsilon: float, spec: ReleaseSpec,
+                noise: NoiseSource, account: ReleaseAccount) -> tuple[NoisyFigure, float]:
+    exact = slot_tvd_2way(non, synthetic, spec, rows_per_side=k)
+    noisy, scale = _release(exact, stage="audit.tvd_2way", sensitivity=1.0 / k, epsilon=epsilon, noise=noise,
+                            account=account, statistic="mean 2-way TVD of k holdout slots vs synthetic rows")
+    sd = math.sqrt(2.0) * scale  # the noise; the sampling error of k slots is left to the margin of the gate
+    z = float(norm.ppf(0.95))
+    return NoisyFigure(figure="tvd_2way", value=noisy, lower=max(0.0, noisy - z * sd), upper=min(1.0, noisy + z * sd),
+                       epsilon=account.spends[-1].epsilon,
+                       detail={"rows_per_side": k, "noise_scale": scale, "sensitivity": 1.0 / k}), exact
+
+
+def _tstr_figure(synthetic: pd.DataFrame, members: pd.DataFrame, non: pd.DataFrame, *, k: int,
+                 epsilons: tuple[float, float], spec: ReleaseSpec, noise: NoiseSource, account: ReleaseAccount,
+                 rng: np.random.Generator) -> tuple[NoisyFigure, dict[str, float]]:
+    target = spec.audit.target_column
+    if target is None:
+        raise InternalError("the tstr_ratio figure needs `audit.target_column`")
+    m = spec.audit.tstr_partitions
+    synthetic_parts = np.random.default_rng(0).integers(0, m, len(synthetic))  # public rows: a seeded split
+    member_parts = rng.integers(0, m, len(members))  # secret, one draw per record
+    tstr = partitioned_accuracy(synthetic, synthetic_parts, non, target=target, partitions=m, rows_per_side=k,
+                                spec=spec)
+    trtr = partitioned_accuracy(members, member_parts, non, target=target, partitions=m, rows_per_side=k, spec=spec)
+    noisy_s, scale_s = _release(tstr, stage="audit.tstr", sensitivity=1.0 / k, epsilon=epsilons[0], noise=noise,
+                                account=account, statistic="mean accuracy on k holdout slots of classifiers "
+                                "fitted on m parts of the synthetic rows")
+    eps_s = account.spends[-1].epsilon
+    sensitivity_r = max(1.0 / m, 1.0 / k)
+    noisy_r, scale_r = _release(trtr, stage="audit.trtr", sensitivity=sensitivity_r, epsilon=epsilons[1],
+                                noise=noise, account=account, statistic="mean accuracy on k holdout slots of "
+                                "classifiers fitted on m disjoint parts of the fitted rows")
+    eps_r = account.spends[-1].epsilon
+    s, r = min(max(noisy_s, 0.0), 1.0), min(max(noisy_r, 0.0), 1.0)
+    z = float(norm.ppf(1.0 - 0.05 / 4))  # two one-sided bounds at 97.5% each, and each has two error terms
+
+    def sd(p: float, scale: float) -> float:
+        return math.sqrt(p * (1.0 - p) / k + 2.0 * scale**2)
+
+    s_low, r_high = max(0.0, s - z * sd(s, scale_s)), min(1.0, r + z * sd(r, scale_r))
+    s_high, r_low = min(1.0, s + z * sd(s, scale_s)), max(0.0, r - z * sd(r, scale_r))
+    value = s / r if r > 0 else None
+    figure = NoisyFigure(
+        figure="tstr_ratio", value=value, lower=s_low / r_high if r_high > 0 else 0.0,
+        upper=s_high / r_low if r_low > 0 else math.inf, epsilon=math.fsum([eps_s, eps_r]),
+        detail={"noisy_tstr_accuracy": noisy_s, "noisy_trtr_accuracy": noisy_r, "partitions": m,
+                "rows_per_side": k, "target_column": target, "tstr_noise_scale": scale_s,
+                "trtr_noise_scale": scale_r, "trtr_sensitivity": sensitivity_r})
+    return figure, {"tstr_accuracy": tstr, "trtr_accuracy": trtr}
+
+
 def audit_membership(
     synthetic: pd.DataFrame,
     members: pd.DataFrame,
@@ -235,8 +367,10 @@ def audit_membership(
     account: ReleaseAccount,
     noise: NoiseSource,
     sampler: np.random.Generator | None = None,
+    claimed_epsilon: float | None = None,
+    claimed_delta: float = 0.0,
 ) -> tuple[NoisyAudit, AuditDiagnostics]:
-    """The DP membership audit: published figures and exact diagnostics.
+    """The DP audit: published figures and exact diagnostics.
 
     Args:
         synthetic: the synthetic rows (the output of the generator's DP mechanism).
@@ -246,47 +380,89 @@ def audit_membership(
         epsilon: the plan's ``audit`` stage epsilon.
         account: the release account; the spends are added to it before each noisy step.
         noise: the privacy noise source (OpenDP's in releases).
-        sampler: secret randomness for choosing the slots; default: seeded from the OS CSPRNG. Tests
-            inject a seeded one; never the spec's public seed.
+        sampler: secret randomness for choosing the slots and the parts; default: seeded from the OS
+            CSPRNG. Tests inject a seeded one; never the spec's public seed.
+        claimed_epsilon: the epsilon the synthetic rows were released under (the AUC bound the gate checks
+            against); default: the account's epsilon before the audit.
+        claimed_delta: its delta.
 
     Privacy:
         Spends at most ``epsilon`` (pure, delta 0) under add/remove one record of the input table, each
         record having been put in ``members`` or ``non_members`` by its own secret coin: ``audit.count``
-        (``COUNT_SHARE`` of it, sensitivity 1) and ``audit.auc`` (the rest, sensitivity ``1 / k``). See
-        the module docstring for the proof sketch. The returned :class:`AuditDiagnostics` is not DP and
-        must stay in the restricted zone.
+        (``COUNT_SHARE`` of it, sensitivity 1), then equal shares of the rest for ``audit.auc`` (sensitivity
+        ``1 / k``) and, when the spec gates on them, ``audit.tvd_2way`` (``1 / k``), ``audit.tstr`` (``1 / k``)
+        and ``audit.trtr`` (``max(1 / m, 1 / k)``). See the module docstring for the proof sketch. The
+        returned :class:`AuditDiagnostics` is not DP and must stay in the restricted zone.
     """
-    epsilon_count, epsilon_auc = split_epsilon(epsilon)
+    if claimed_epsilon is None:
+        claimed_epsilon = account.epsilon if account.spends else 0.0
+    figures = {g.figure for g in spec.audit.effective_gates}
+    attacks = tuple(spec.audit.attacks)
+    label = attacks[0] if len(attacks) == 1 else f"max({', '.join(attacks)})"
+    bound = auc_bound_for_epsilon(epsilon=claimed_epsilon, delta=claimed_delta)
+    epsilon_count, rest = split_epsilon(epsilon)
+    shares = _shares(rest, 1 + ("tvd_2way" in figures) + 2 * ("tstr_ratio" in figures))
     k, noisy_count = rows_per_side(len(members), len(non_members), epsilon=epsilon_count,
                                    max_rows=spec.audit.max_audit_rows, noise=noise, account=account)
     count_spend = account.spends[-1]
     if k < 1:
-        published = NoisyAudit(attack=ATTACK, rows_per_side=0, noisy_auc=None, auc_upper=1.0,
-                               epsilon=count_spend.epsilon, auc_noise_scale=None,
+        vacuous = tuple(NoisyFigure(figure=f, value=None, lower=0.0, upper=math.inf if f == "tstr_ratio" else 1.0,
+                                    epsilon=0.0, detail={"rows_per_side": 0}) for f in sorted(figures - {"attack_auc"}))
+        published = NoisyAudit(attack=label, attacks=attacks, rows_per_side=0, noisy_auc=None, auc_upper=1.0,
+                               auc_lower=0.0, auc_bound=bound, epsilon=count_spend.epsilon, auc_noise_scale=None,
                                count_noise_scale=float(count_spend.detail["scale"]),
-                               shortfall_probability=SHORTFALL_PROBABILITY)
+                               shortfall_probability=SHORTFALL_PROBABILITY, utility=vacuous)
         return published, AuditDiagnostics(exact=None, slot_auc=None, train_rows=len(members),
                                             holdout_rows=len(non_members), noisy_count=noisy_count,
                                             padded_members=0, padded_non_members=0)
     rng = sampler if sampler is not None else np.random.default_rng(secrets.randbits(128))
     mem = members.iloc[_slots(len(members), k, rng)]
     non = non_members.iloc[_slots(len(non_members), k, rng)]
-    mem_scores, non_scores = dcr_scores(synthetic, mem, non, spec=spec)
-    statistic = slot_auc(mem_scores, non_scores, rows_per_side=k)
-    noisy_auc, scale = release_auc(statistic, rows_per_side=k, epsilon=epsilon_auc, noise=noise, account=account)
+    reference = domain_sample(spec, max(1, min(len(synthetic), REFERENCE_ROWS)))
+    targets = pd.concat([mem, non], ignore_index=True)
+    aucs: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the attacks that ran, for the exact figures
+    for name in attacks:
+        scores, error = _attack_scores(name, synthetic, reference, targets, spec)
+        ms, ns = scores[: len(mem)], scores[len(mem):]
+        aucs[name] = slot_auc(ms, ns, rows_per_side=k)
+        if error is None:
+            scored[name] = (ms, ns)
+        else:
+            failed[name] = error
+    statistic = max(aucs.values())
+    noisy_auc, scale = release_auc(statistic, rows_per_side=k, epsilon=shares[0], noise=noise, account=account)
     auc_spend = account.spends[-1]
-    spent = math.fsum([count_spend.epsilon, auc_spend.epsilon])
+    utility: list[NoisyFigure] = []
+    exact_utility: dict[str, float] = {}
+    if "tvd_2way" in figures:
+        tvd, exact_tvd = _tvd_figure(non, synthetic, k=k, epsilon=shares[1], spec=spec, noise=noise,
+                                     account=account)
+        utility.append(tvd)
+        exact_utility["tvd_2way"] = exact_tvd
+    if "tstr_ratio" in figures:
+        tstr, exact_tstr = _tstr_figure(synthetic, members, non, k=k, epsilons=(shares[-2], shares[-1]), spec=spec,
+                                        noise=noise, account=account, rng=rng)
+        utility.append(tstr)
+        exact_utility.update(exact_tstr)
+    spent = math.fsum([count_spend.epsilon, auc_spend.epsilon, *(f.epsilon for f in utility)])
     if spent > epsilon:
         raise InternalError(f"the audit spent epsilon {spent!r}, more than its stage's {epsilon!r}")
+    sd = math.sqrt(hanley_mcneil_variance(min(max(noisy_auc, 0.0), 1.0), k, k) + 2.0 * scale**2)
     published = NoisyAudit(
-        attack=ATTACK, rows_per_side=k, noisy_auc=noisy_auc,
+        attack=label, attacks=attacks, rows_per_side=k, noisy_auc=noisy_auc,
         auc_upper=auc_upper_bound(noisy_auc, k, k, extra_variance=2.0 * scale**2),
+        auc_lower=_lower_bound(noisy_auc, sd, len(attacks)), auc_bound=bound,
         epsilon=spent, auc_noise_scale=scale, count_noise_scale=float(count_spend.detail["scale"]),
-        shortfall_probability=SHORTFALL_PROBABILITY,
+        shortfall_probability=SHORTFALL_PROBABILITY, utility=tuple(utility),
     )
-    exact = (attack_figures(mem_scores, non_scores, low_fpr=spec.audit.low_fpr, attack=ATTACK)
-             if len(mem) and len(non) else None)
+    exact = None
+    if scored and len(mem) and len(non):
+        strongest = max(scored, key=lambda n: aucs[n])
+        exact = attack_figures(*scored[strongest], low_fpr=spec.audit.low_fpr, attack=strongest)
     diagnostics = AuditDiagnostics(exact=exact, slot_auc=statistic, train_rows=len(members),
                                    holdout_rows=len(non_members), noisy_count=noisy_count,
-                                   padded_members=k - len(mem), padded_non_members=k - len(non))
+                                   padded_members=k - len(mem), padded_non_members=k - len(non),
+                                   attack_aucs=aucs, failed_attacks=failed, utility=exact_utility)
     return published, diagnostics

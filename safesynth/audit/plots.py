@@ -164,7 +164,7 @@ def epsilon_figure(*, epsilon: float, empirical_epsilon: float | None) -> bytes:
         ax.bar_label(bars, labels=[f"{epsilon:.3g}", "not measured" if empirical_epsilon is None
                                    else f"{empirical_epsilon:.3g}"], fontsize=7, padding=3)
         ax.invert_yaxis()
-        ax.set_xlim(0.0, max(epsilon, empirical_epsilon or 0.0) * 1.25)
+        ax.set_xlim(0.0, max(epsilon, empirical_epsilon or 0.0, 0.1) * 1.25)
         ax.set_xlabel("epsilon")
         ax.set_title("Privacy guarantee: claimed vs measured")
         return _png(fig)

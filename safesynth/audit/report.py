@@ -32,6 +32,7 @@ from sklearn.metrics import roc_curve
 from safesynth.audit import plots
 from safesynth.audit.attacks.confidence import EvaluationResult
 from safesynth.audit.attacks.text_copy import TextCopyResult
+from safesynth.audit.dp_utility import tabular_columns
 from safesynth.audit.stats import AttackSummary, auc_bound_for_epsilon, summarize_attack
 from safesynth.audit.utility import (
     CorrelationDifference,
@@ -47,7 +48,6 @@ from safesynth.spec import (
     CategoricalColumn,
     ColumnSpec,
     DatetimeColumn,
-    FloatColumn,
     IntegerColumn,
     ReleaseSpec,
     TextColumn,
@@ -227,7 +227,7 @@ def build_report(
     risks: Sequence[EvaluationResult] = (),
     text_copies: Sequence[TextCopyResult] = (),
     target: str | None = None,
-    positive: str | None = None,
+    positive: object = None,
     empirical_epsilon: float | None = None,
     bins: int = 20,
 ) -> AuditReport:
@@ -262,9 +262,7 @@ def build_report(
     tvd = marginal_tvd(train, synthetic, spec) if len(train) and len(synthetic) else None
     comparison = None
     if target is not None and positive is not None:
-        tabular = [n for n, c in spec.columns.items()
-                   if isinstance(c, IntegerColumn | FloatColumn | CategoricalColumn | BooleanColumn)]
-        columns = tabular if target in tabular else [*tabular, target]
+        columns = tabular_columns(spec, target)
         comparison = tstr_vs_trtr(synthetic=synthetic[columns], train=train[columns], test=holdout[columns],
                                   target=target, positive=positive)
     return AuditReport(

@@ -16,8 +16,8 @@ import pandas as pd
 from safesynth.domains import bounds_of
 from safesynth.spec import BooleanColumn, CategoricalColumn, FloatColumn, IntegerColumn, ReleaseSpec
 
-__all__ = ["CorrelationDifference", "TstrComparison", "correlation_difference", "marginal_tvd", "pairwise_tvd",
-           "tstr", "tstr_vs_trtr"]
+__all__ = ["CorrelationDifference", "TstrComparison", "binned", "correlation_difference", "marginal_tvd",
+           "pairwise_tvd", "predict_labels", "tstr", "tstr_vs_trtr"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,7 +43,7 @@ class TstrComparison:
     roc_auc_ratio: float
 
 
-def _binned(frame: pd.DataFrame, spec: ReleaseSpec, bins: int = 20) -> pd.DataFrame:
+def binned(frame: pd.DataFrame, spec: ReleaseSpec, bins: int = 20) -> pd.DataFrame:
     """Every column as small integer codes (numeric: equal-width bins over the declared range; null: -1).
 
     Text and datetime columns are left out.
@@ -74,7 +74,7 @@ def marginal_tvd(real: pd.DataFrame, synthetic: pd.DataFrame, spec: ReleaseSpec)
     ``tvd_1way_by_column`` (rounded to 4 digits). Numbers are binned into 20 equal-width bins over their
     declared range.
     """
-    r, s = _binned(real, spec), _binned(synthetic, spec)
+    r, s = binned(real, spec), binned(synthetic, spec)
     one = {c: _tvd(r[c], s[c]) for c in r.columns}
     two = [_tvd(r[[a, b]], s[[a, b]]) for a, b in itertools.combinations(r.columns, 2)]
     return {"tvd_1way": float(np.mean(list(one.values()))), "tvd_2way": float(np.mean(two)) if two else 0.0,
@@ -87,7 +87,7 @@ def pairwise_tvd(real: pd.DataFrame, synthetic: pd.DataFrame, spec: ReleaseSpec)
 
     The pairs and binning of :func:`marginal_tvd`, one figure per pair (its ``tvd_2way`` is their mean).
     """
-    r, s = _binned(real, spec), _binned(synthetic, spec)
+    r, s = binned(real, spec), binned(synthetic, spec)
     return {(a, b): _tvd(r[[a, b]], s[[a, b]]) for a, b in itertools.combinations(r.columns, 2)}
 
 
@@ -122,7 +122,40 @@ def _features(frame: pd.DataFrame, target: str) -> tuple[pd.DataFrame, np.ndarra
     return x, frame[target].to_numpy()
 
 
-def tstr(train: pd.DataFrame, test: pd.DataFrame, *, target: str, positive: str) -> dict[str, float]:
+def _aligned(train: pd.DataFrame, test: pd.DataFrame, target: str) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame,
+                                                                          np.ndarray]:
+    x_train, y_train = _features(train, target)
+    x_test, y_test = _features(test, target)
+    cats = list(x_train.select_dtypes("category").columns)
+    for c in cats:  # the same category codes on both sides
+        values = sorted(set(x_train[c].dropna().astype(str)) | set(x_test[c].dropna().astype(str)))
+        x_train[c] = pd.Categorical(x_train[c].astype(object), categories=values)
+        x_test[c] = pd.Categorical(x_test[c].astype(object), categories=values)
+    return x_train, y_train, x_test, y_test
+
+
+def predict_labels(train: pd.DataFrame, test: pd.DataFrame, *, target: str, fallback: object) -> np.ndarray:
+    """Labels of ``test`` from a HistGradientBoosting classifier fitted on ``train`` (any number of classes).
+
+    ``train`` without rows predicts ``fallback`` (a public constant); one class predicts that class. Null
+    labels are a class of their own (the string ``<null>``).
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    if len(test) == 0:
+        return np.empty(0, dtype=object)
+    if len(train) == 0:
+        return np.full(len(test), fallback, dtype=object)
+    x_train, y_train, x_test, _ = _aligned(train, test, target)
+    labels = pd.Series(y_train, dtype=object).where(pd.notna(y_train), "<null>").astype(str).to_numpy()
+    if len(set(labels)) < 2:
+        return np.full(len(test), labels[0], dtype=object)
+    model = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
+    model.fit(x_train, labels)
+    return np.asarray(model.predict(x_test), dtype=object)
+
+
+def tstr(train: pd.DataFrame, test: pd.DataFrame, *, target: str, positive: object) -> dict[str, float]:
     """HistGradientBoosting fitted on ``train``, scored on ``test``: accuracy and ROC AUC.
 
     ``target`` is the label column and ``positive`` its positive class; the other columns are features
@@ -131,13 +164,7 @@ def tstr(train: pd.DataFrame, test: pd.DataFrame, *, target: str, positive: str)
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import accuracy_score, roc_auc_score
 
-    x_train, y_train = _features(train, target)
-    x_test, y_test = _features(test, target)
-    cats = list(x_train.select_dtypes("category").columns)
-    for c in cats:  # the same category codes on both sides
-        values = sorted(set(x_train[c].dropna().astype(str)) | set(x_test[c].dropna().astype(str)))
-        x_train[c] = pd.Categorical(x_train[c].astype(object), categories=values)
-        x_test[c] = pd.Categorical(x_test[c].astype(object), categories=values)
+    x_train, y_train, x_test, y_test = _aligned(train, test, target)
     y_train = (y_train == positive).astype(int)
     y_test = (y_test == positive).astype(int)
     if len(set(y_train)) < 2:
@@ -149,7 +176,7 @@ def tstr(train: pd.DataFrame, test: pd.DataFrame, *, target: str, positive: str)
 
 
 def tstr_vs_trtr(*, synthetic: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame, target: str,
-                 positive: str) -> TstrComparison:
+                 positive: object) -> TstrComparison:
     """TSTR (fit on ``synthetic``) next to TRTR (fit on the real ``train``), both scored on real ``test``."""
     on_synthetic = tstr(synthetic, test, target=target, positive=positive)
     on_real = tstr(train, test, target=target, positive=positive)

@@ -53,7 +53,7 @@ def test_gate_uses_the_upper_bound_so_a_threshold_of_half_always_blocks():
     # Behaviour change: the gate now reads the DP audit's noisy AUC bound, not the exact one.
     decision = evaluate_gates(AuditSpec(max_attack_auc=0.5), noisy(0.49, 0.52))
     assert not decision.passed
-    assert decision.reasons == ["membership-auc: DP attack AUC (95% upper bound) 0.520 > threshold 0.500"]
+    assert decision.reasons == ["membership-auc: DP max attack AUC (95% upper bound) 0.520 > threshold 0.500"]
 
 
 @pytest.mark.parametrize("auc", [math.nan, None])
