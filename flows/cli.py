@@ -1,6 +1,6 @@
 """The `safesynth` command line (the shell around the flows and the core).
 
-Commands: ``safesynth spec check``, ``safesynth release``, ``safesynth budget show``.
+Commands: ``safesynth spec check``, ``safesynth release``, ``safesynth audit``, ``safesynth budget show``.
 
 Exit codes: 0 published (or already published), 2 bad spec or bad input, 3 blocked by a gate or by the
 privacy budget, 1 anything else. Errors are one line on stderr; no tracebacks for errors a user can fix.
@@ -33,6 +33,7 @@ spec_app = typer.Typer(help="Work with release specs (no data is read).", no_arg
 app.add_typer(spec_app, name="spec")
 
 if TYPE_CHECKING:
+    from safesynth.audit.standalone import StandaloneAudit
     from safesynth.release import ReleaseOutcome
 
 out = Console()
@@ -166,6 +167,83 @@ def release_cmd(
     else:
         out.print(f"[bold green]{escape(outcome.message)}[/]", highlight=False)
     raise typer.Exit(outcome.exit_code)
+
+
+@app.command("audit")
+def audit_cmd(
+    spec: Annotated[Path, typer.Argument(help="Release spec YAML file (columns, audit settings, budget plan).")],
+    train: Annotated[str, typer.Option("--train", help="Rows the generator was fitted on (path or URL).")],
+    holdout: Annotated[str, typer.Option("--holdout", help="Rows it never saw, from the same population.")],
+    synthetic: Annotated[str, typer.Option("--synthetic", help="The synthetic table to audit.")],
+    report: Annotated[Path | None, typer.Option("--report", help="Write the HTML + JSON report to this "
+                                                 "directory (created mode 0700).")] = None,
+    epsilon: Annotated[float | None, typer.Option("--epsilon", help="The epsilon the synthetic table claims "
+                                                  "(default: the spec's privacy.epsilon).")] = None,
+) -> None:
+    """Audit any synthetic table (ours or another tool's): attacks, risks, utility, and the spec's gates.
+
+    Prints exact figures for the data owner (keep them private) and the gate decision a release would
+    take from its DP figures. Exit codes: 0 the gates pass, 3 they would block, 2 bad spec or input.
+    """
+    from safesynth.audit.attacks import ATTACKS
+    from safesynth.audit.standalone import audit_tables
+    from safesynth.preflight import check_attacks
+    from safesynth.spec import load_spec
+
+    def absolute(location: str) -> str:
+        return location if "://" in location else str(Path(location).resolve())
+
+    try:
+        loaded = load_spec(spec)
+        check_attacks(loaded)
+        with err.status(f"auditing with {len(loaded.audit.attacks)} attacks ({', '.join(sorted(ATTACKS))} "
+                        "registered)..."):
+            result = audit_tables(loaded, train=absolute(train), holdout=absolute(holdout),
+                                  synthetic=absolute(synthetic), claimed_epsilon=epsilon)
+    except SafeSynthError as exc:
+        _fail(exc)
+    _print_audit(result)
+    if report is not None:
+        from safesynth.audit.report import write_report
+
+        html_path, _ = write_report(result.suite.report, report)
+        out.print(f"report: {html_path}")
+    raise typer.Exit(0 if result.decision.passed else 3)
+
+
+def _print_audit(result: StandaloneAudit) -> None:
+    from rich.table import Table
+
+    suite = result.suite.report
+    attacks = Table(title="Membership attacks (exact, restricted: real reference rows)")
+    for name in ("attack", "AUC", "95% interval", "TPR at low FPR", "members / non-members"):
+        attacks.add_column(name)
+    for a in suite.attacks:
+        s = a.summary
+        attacks.add_row(s.attack, f"{s.auc:.3f}", f"{s.auc_interval[0]:.3f} to {s.auc_interval[1]:.3f}",
+                        ", ".join(f"{r.value:.3f} at {fpr:g}" for fpr, r in s.tpr_at_fpr.items()),
+                        f"{s.members} / {s.non_members}")
+    out.print(attacks)
+    out.print(f"AUC bound of the claimed epsilon {result.claimed_epsilon:g}: {suite.auc_bound:.3f}")
+    if suite.risks:
+        risks = Table(title="Risks (anonymeter-style, members vs holdout control)")
+        for name in ("risk", "value", "95% interval"):
+            risks.add_column(name)
+        for r in suite.risks:
+            risks.add_row(r.attack, f"{r.risk.value:.4f}", f"{r.risk.ci[0]:.4f} to {r.risk.ci[1]:.4f}")
+        out.print(risks)
+    if suite.tvd is not None:
+        out.print(f"utility: 1-way TVD {suite.tvd['tvd_1way']:.4f}, 2-way TVD {suite.tvd['tvd_2way']:.4f}"
+                  + ("" if suite.tstr is None else f", TSTR ROC AUC {suite.tstr.tstr_roc_auc:.3f} vs TRTR "
+                     f"{suite.tstr.trtr_roc_auc:.3f}"))
+    for name, error in result.suite.failed.items():
+        err.print(f"[yellow]not measured:[/] {escape(name)} ({escape(error)})")
+    gates = Table(title="Gates (from the DP figures a release would publish)")
+    for name in ("gate", "passed", "detail"):
+        gates.add_column(name)
+    for g in result.decision.gates:
+        gates.add_row(g.gate, "yes" if g.passed else "[bold red]no[/]", escape(g.reason))
+    out.print(gates)
 
 
 def _preflight(spec: Path, release_id: str | None) -> None:

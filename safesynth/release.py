@@ -168,10 +168,17 @@ def render_summary(outcome: ReleaseOutcome) -> str:
         noisy = "-" if a["noisy_auc"] is None else f"{a['noisy_auc']:.3f}"
         lines += [
             "## Membership-inference audit (differentially private)", "",
-            "| attack | noisy AUC | 95% upper bound | rows per side (DP) | epsilon |", "|---|---|---|---|---|",
-            f"| {a['attack']} | {noisy} | {a['auc_upper']:.3f} | {a['rows_per_side']} | {a['epsilon']:.4f} |",
+            "| attack | noisy AUC | 95% upper bound | AUC bound of the claimed epsilon | rows per side (DP) | epsilon |",
+            "|---|---|---|---|---|---|",
+            f"| {a['attack']} | {noisy} | {a['auc_upper']:.3f} | {a.get('auc_bound', 1.0):.3f} | {a['rows_per_side']} | "
+            f"{a['epsilon']:.4f} |",
             "",
         ]
+        if a.get("utility"):
+            lines += ["| utility figure (DP) | noisy value | 95% lower | 95% upper |", "|---|---|---|---|"]
+            lines += [f"| {f['figure']} | {'-' if f['value'] is None else format(f['value'], '.3f')} | "
+                      f"{f['lower']:.3f} | {f['upper']:.3f} |" for f in a["utility"]]
+            lines.append("")
     if outcome.gate:
         lines += ["## Gates", "", "| gate | passed | detail |", "|---|---|---|"]
         lines += [f"| {g['gate']} | {'yes' if g['passed'] else '**no**'} | {g['reason']} |"

@@ -1,9 +1,20 @@
-"""The membership audit that decides publication, as a differentially private mechanism.
+"""The audit that decides publication, as a differentially private mechanism.
 
 Members are the rows the generator was fitted on (train); non-members are the secret holdout, which the
-generator never saw. The attack scores every record by a function of that record, the synthetic rows and
-the spec alone (:func:`~safesynth.audit.attacks.dcr_scores`: minus the distance to the closest synthetic
-row), and the statistic is the Mann-Whitney AUC of member against non-member scores.
+generator never saw. Each attack in ``audit.attacks`` (the registry of :mod:`safesynth.audit.attacks`:
+distance to closest record, DOMIAS, Gen-LRA, the classifier attack) scores every record by a function of
+that record, the synthetic rows, the spec and a **public reference** (rows drawn from the declared domains,
+:mod:`safesynth.audit.reference`; a private reference would let one reference row move every score). The
+statistic is the **maximum over the attacks** of the Mann-Whitney AUC of member against non-member scores
+(Synth-MIA's "maximum over a suite"). One slot moves each attack's AUC, and so their maximum, by at most
+``1 / k``. An attack that raises counts as AUC 1 (fail closed). The strongest attacks with a real
+reference, the risks and the utility report run in :mod:`safesynth.audit.suite`, restricted.
+
+When the spec gates on utility, the same ``k`` non-member slots also give ``audit.tvd_2way`` (the mean
+2-way TVD to the synthetic rows, sensitivity ``1 / k``) and ``audit.tstr`` / ``audit.trtr`` (mean accuracy
+of classifiers fitted on ``m`` parts of the synthetic rows / of the fitted rows, sensitivities ``1 / k`` and
+``max(1 / m, 1 / k)``; :mod:`safesynth.audit.dp_utility`). Each gets an equal share of the audit's epsilon
+after the count; all share one coupling of the slots, so the proof below composes their epsilons.
 
 The mechanism (:func:`audit_membership`), charged to the plan's ``audit`` stage:
 
@@ -15,7 +26,7 @@ The mechanism (:func:`audit_membership`), charged to the plan's ``audit`` stage:
    *dummies that count as the attack's wins* (a member dummy outranks every non-member, a non-member dummy
    is outranked by every member): a shortfall can only raise the AUC, so it fails closed, and the run
    never fails on it.
-4. ``audit.auc``: ``noisy_auc = AUC + Laplace(1 / (k epsilon_auc))``.
+4. ``audit.auc``: ``noisy_auc = max over attacks of AUC + Laplace(1 / (k epsilon_auc))``.
 5. The gate compares a one-sided 95% upper bound, ``noisy_auc + z sqrt(var_HM(noisy_auc, k, k) + 2 b^2)``
    (Hanley & McNeil's sampling variance plus the Laplace noise's ``2 b^2``), with ``max_attack_auc``. It is
    post-processing of ``(noisy_auc, k)`` and spec constants. When ``k < 1`` no AUC is released and the
@@ -36,7 +47,10 @@ Privacy proof sketch (add/remove one record ``x``; ``epsilon_count + epsilon_auc
   and one slot enters ``k`` of them, so it moves by at most ``1/k`` on every coupled pair. Laplace noise
   of scale ``1 / (k epsilon_auc)`` makes each pair's outputs ``epsilon_auc``-close, and a mixture over a
   coupling keeps the bound.
-* Composition: ``epsilon_count + epsilon_auc``, pure. Because of the dummies there is no bad event (no
+  The maximum over attacks moves by at most the largest of their moves. The utility statistics on the
+  same coupled slots move by at most their stated sensitivities; a record on the fitted side is in one
+  of the ``m`` parts by its own secret draw, so it moves one part's accuracy (``1 / m`` of the mean).
+* Composition: ``epsilon_count`` plus the shares, pure. Because of the dummies there is no bad event (no
   delta) and no data-dependent failure. Whether a release appears is post-processing.
 
 The noise is OpenDP's (exact, CSPRNG) through :class:`~safesynth.privacy.noise.NoiseSource`; every
@@ -92,6 +106,8 @@ __all__ = [
 COUNT_SHARE = 0.25
 #: Probability that ``k`` exceeds the smaller side (then dummies fill the missing slots, failing closed).
 SHORTFALL_PROBABILITY = 1e-3
+#: The TSTR / TRTR ratio's upper bound is capped here (its denominator's lower bound can be 0).
+RATIO_CAP = 10.0
 #: Public reference rows (from the declared domains) the attacks of the published gate compare with.
 REFERENCE_ROWS = 10_000
 
@@ -350,7 +366,7 @@ def _tstr_figure(synthetic: pd.DataFrame, members: pd.DataFrame, non: pd.DataFra
     value = s / r if r > 0 else None
     figure = NoisyFigure(
         figure="tstr_ratio", value=value, lower=s_low / r_high if r_high > 0 else 0.0,
-        upper=s_high / r_low if r_low > 0 else math.inf, epsilon=math.fsum([eps_s, eps_r]),
+        upper=min(RATIO_CAP, s_high / r_low) if r_low > 0 else RATIO_CAP, epsilon=math.fsum([eps_s, eps_r]),
         detail={"noisy_tstr_accuracy": noisy_s, "noisy_trtr_accuracy": noisy_r, "partitions": m,
                 "rows_per_side": k, "target_column": target, "tstr_noise_scale": scale_s,
                 "trtr_noise_scale": scale_r, "trtr_sensitivity": sensitivity_r})
@@ -406,7 +422,7 @@ def audit_membership(
                                    max_rows=spec.audit.max_audit_rows, noise=noise, account=account)
     count_spend = account.spends[-1]
     if k < 1:
-        vacuous = tuple(NoisyFigure(figure=f, value=None, lower=0.0, upper=math.inf if f == "tstr_ratio" else 1.0,
+        vacuous = tuple(NoisyFigure(figure=f, value=None, lower=0.0, upper=RATIO_CAP if f == "tstr_ratio" else 1.0,
                                     epsilon=0.0, detail={"rows_per_side": 0}) for f in sorted(figures - {"attack_auc"}))
         published = NoisyAudit(attack=label, attacks=attacks, rows_per_side=0, noisy_auc=None, auc_upper=1.0,
                                auc_lower=0.0, auc_bound=bound, epsilon=count_spend.epsilon, auc_noise_scale=None,
