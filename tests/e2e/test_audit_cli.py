@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safesynth.flows.cli import app
 from typer.testing import CliRunner
 
-from safesynth.flows.cli import app
 from tests.helpers import MIXED_COLUMNS, mixed_frame
 
 pytestmark = [pytest.mark.e2e]
