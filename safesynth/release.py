@@ -101,7 +101,8 @@ def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Run
         raw = run("ingest", stages.ingest, ctx, reservation)
         clean = run("validate", stages.validate, ctx, raw)
         train, holdout = run("split-holdout", stages.split, ctx, clean)
-        fitted = run("fit-dp-generator", stages.fit, ctx, train, noise=noise)
+        fit_rows = run("insert-canaries", stages.insert_canaries, ctx, train)  # canary mode; else `train`
+        fitted = run("fit-dp-generator", stages.fit, ctx, fit_rows, noise=noise)
         synthetic = run("sample", stages.sample, ctx, fitted)
         audit = run("audit", stages.audit, ctx, fitted, synthetic, train, holdout, noise=noise)
         decision = run("gate", stages.gate, ctx, audit)

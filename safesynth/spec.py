@@ -361,6 +361,12 @@ class AuditSpec(_Frozen):
         (), description="Columns the report's attribute-inference risk tries to infer (restricted report only)."
     )
     report: bool = Field(True, description="Write the data owner's HTML + JSON report to the restricted reports.")
+    canaries: int = Field(
+        0, ge=0, le=100_000, description="Canary mode: this many secret records drawn from the declared domains, "
+        "each inserted into the fitted rows with probability 1/2 (secret coins); their exposure in the output "
+        "gives an empirical lower bound on epsilon (one-run auditing). The release blocks if it exceeds the "
+        "claimed epsilon. 0: off. Needs every domain declared."
+    )
     tstr_partitions: int = Field(
         100, ge=2, le=10_000, description="Disjoint parts of the fitted rows whose real-data classifiers' mean "
         "accuracy is the DP TRTR of the tstr_ratio gate: its noise scale is 1 / (parts x its epsilon share), so "
@@ -481,6 +487,8 @@ class ReleaseSpec(_Frozen):
                           *(("audit.sensitive_columns", c) for c in self.audit.sensitive_columns)):
             if name is not None and name not in self.columns:
                 raise ValueError(f"`{key}` ({name!r}) must be one of the declared columns")
+        if self.audit.canaries and not all(col.bounded for col in self.columns.values()):
+            raise ValueError("`audit.canaries` needs every column's domain declared (canaries are drawn from them)")
         target = self.audit.target_column
         if target is not None and not isinstance(self.columns[target], CategoricalColumn | BooleanColumn):
             raise ValueError(f"`audit.target_column` ({target!r}) must be a categorical or boolean column")

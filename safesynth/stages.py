@@ -22,6 +22,7 @@ Privacy invariants enforced here, at the point of danger:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -55,6 +56,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("safesynth")
 
+#: Confidence of the canary audit's lower bound on epsilon: a correct release is blocked by the
+#: canary-epsilon gate with probability at most this (canary mode only).
+CANARY_BETA = 0.01
 #: In the work directory: the ``sampling.model_store`` prefix of this run, removed at cleanup.
 _REMOTE_SCRATCH = "remote_scratch.txt"
 
@@ -67,6 +71,7 @@ __all__ = [
     "fit",
     "gate",
     "ingest",
+    "insert_canaries",
     "new_release_id",
     "prepare",
     "publish",
@@ -325,6 +330,37 @@ def split(ctx: RunContext, clean_path: Path) -> tuple[Path, Path]:
     return train, holdout
 
 
+def insert_canaries(ctx: RunContext, train_path: Path) -> Path:
+    """Canary mode (``audit.canaries``): the rows the generator fits, with secret canaries among them.
+
+    Each of the ``m`` canaries (drawn from the declared domains, :func:`safesynth.audit.canary.make_canaries`)
+    joins the fitted rows by its own secret coin (probability 1/2, the OS CSPRNG); the canaries and their
+    coins stay in the private work directory. Returns ``train_path`` itself when canary mode is off.
+    The audit keeps using ``train_path`` (real members only).
+
+    Privacy: canaries are made without the data, so every real record's guarantee is unchanged; they are
+    extra records to the generator (its noisy counts include them).
+    """
+    m = ctx.spec.audit.canaries
+    if m == 0:
+        return train_path
+    from safesynth.audit.canary import choose_inclusions, make_canaries
+    from safesynth.repair import REPAIRED_COLUMN
+
+    rng = np.random.default_rng(secrets.randbits(128))
+    canaries = make_canaries(ctx.spec, m, rng)
+    included = choose_inclusions(m, rng)
+    canaries.assign(__included=included).to_parquet(ctx.path("canaries.parquet"), index=False)
+    train = pd.read_parquet(train_path)
+    extra = canaries[included]
+    if REPAIRED_COLUMN in train:
+        extra = extra.assign(**{REPAIRED_COLUMN: False})
+    out = ctx.path("fit_rows.parquet")
+    pd.concat([train, extra], ignore_index=True).to_parquet(out, index=False)
+    log.info("canary mode: %d secret canaries drawn from the declared domains, each fitted with probability 1/2", m)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- generator
 
 
@@ -520,20 +556,46 @@ def audit(ctx: RunContext, fitted: Fitted, synthetic: SampledRows, train_path: P
     for figure in published.utility:
         log.info("utility (DP): %s %s (95%% bounds %.3f to %.3f)", figure.figure,
                  "-" if figure.value is None else f"{figure.value:.3f}", figure.lower, figure.upper)
+    empirical = _canary_audit(ctx, spec, rows, claimed)
+    if empirical is not None:
+        published = dataclasses.replace(published, empirical_epsilon=empirical)
+        ctx.report("audit_dp.json").write_text(json.dumps(published.to_dict()))
     if spec.audit.report:
-        _owner_report(ctx, spec, train, holdout, rows, claimed)
+        _owner_report(ctx, spec, train, holdout, rows, claimed, empirical)
     return published
 
 
+def _canary_audit(ctx: RunContext, spec: ReleaseSpec, synthetic: pd.DataFrame,
+                  claimed: tuple[float, float]) -> float | None:
+    """The canaries' empirical lower bound on epsilon (canary mode), or None.
+
+    Privacy: a function of the synthetic rows (a DP output) and of the canaries and their coins, which are
+    independent of the data: post-processing, so the bound may be published and gated on. The exact
+    guesses go to the restricted ``canary.json``.
+    """
+    if not ctx.path("canaries.parquet").exists():
+        return None
+    from safesynth.audit.canary import audit_canaries
+
+    frame = pd.read_parquet(ctx.path("canaries.parquet"))
+    included = frame.pop("__included").to_numpy(dtype=bool)
+    result = audit_canaries(synthetic, frame, included, spec=spec, delta=claimed[1], beta=CANARY_BETA)
+    ctx.report("canary.json").write_text(json.dumps(result.to_dict()))
+    log.info("canary audit: empirical lower bound on epsilon %.3f (claimed %.3f, %d canaries)",
+             result.empirical_epsilon, claimed[0], result.canaries)
+    return float(result.empirical_epsilon)
+
+
 def _owner_report(ctx: RunContext, spec: ReleaseSpec, train: pd.DataFrame, holdout: pd.DataFrame,
-                  synthetic: pd.DataFrame, claimed: tuple[float, float]) -> None:
+                  synthetic: pd.DataFrame, claimed: tuple[float, float], empirical: float | None) -> None:
     """The data owner's HTML + JSON report, restricted; a failure is logged (it decides nothing)."""
     from safesynth.audit.report import write_report
     from safesynth.audit.suite import run_suite
 
     try:
         result = run_suite(spec=spec, train=train, holdout=holdout, synthetic=synthetic, epsilon=claimed[0],
-                           delta=claimed[1], rng=np.random.default_rng(secrets.randbits(128)))
+                           delta=claimed[1], rng=np.random.default_rng(secrets.randbits(128)),
+                           empirical_epsilon=empirical)
         write_report(result.report, ctx.report("audit_report"))
         log.info("wrote the data owner's audit report (exact figures, restricted) under the run's reports")
     except Exception as exc:  # noqa: BLE001 - the report is diagnostics: never fail a release after the spend

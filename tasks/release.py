@@ -34,6 +34,7 @@ reserve_budget = task(stages.reserve_budget, name="reserve-budget", **PRIVATE)
 ingest = task(stages.ingest, name="ingest", **PRIVATE)
 validate = task(stages.validate, name="validate", **PRIVATE)
 split = task(stages.split, name="split-holdout", **PRIVATE)
+insert_canaries = task(stages.insert_canaries, name="insert-canaries", **PRIVATE)
 fit = task(stages.fit, name="fit-dp-generator", **PRIVATE)
 
 
@@ -59,7 +60,8 @@ settle = task(stages.settle, name="settle-budget", **PRIVATE)
 cleanup = task(stages.cleanup, name="cleanup", **PRIVATE)
 
 TASKS: dict[str, Task[..., Any]] = {t.name: t for t in (
-    prepare, already_published, reserve_budget, ingest, validate, split, fit, sample, write_output, audit, gate,
+    prepare, already_published, reserve_budget, ingest, validate, split, insert_canaries, fit, sample, write_output,
+    audit, gate,
     publish, settle, cleanup,
 )}
 

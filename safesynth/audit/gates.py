@@ -70,6 +70,17 @@ def _epsilon_check(result: NoisyAudit) -> GateResult:
                       reason=f"epsilon-consistency: {what} {result.auc_lower:.3f} {verdict} {result.auc_bound:.3f}")
 
 
+def _canary_check(result: NoisyAudit) -> GateResult:
+    """Block when the canaries' empirical lower bound on epsilon exceeds the claim (a privacy bug)."""
+    claimed = result.claimed_epsilon if result.claimed_epsilon is not None else math.inf
+    empirical = float(result.empirical_epsilon) if result.empirical_epsilon is not None else math.nan
+    passed = empirical <= claimed
+    verdict = "<=" if passed else "> (the release leaks more than it claims)"
+    return GateResult(gate="canary-epsilon", passed=passed, figure=empirical, threshold=claimed,
+                      reason=f"canary-epsilon: empirical lower bound on epsilon {empirical:.3f} {verdict} claimed "
+                             f"{claimed:.3f}")
+
+
 def evaluate_gates(audit: AuditSpec, result: NoisyAudit | None) -> GateDecision:
     """Decide from the DP audit's figures and the spec's gates; ``result=None`` (no audit) blocks."""
     gates: list[GateResult] = []
@@ -82,6 +93,8 @@ def evaluate_gates(audit: AuditSpec, result: NoisyAudit | None) -> GateDecision:
             gates.append(_gate("membership-auc", result.auc_upper if result else None, threshold, what))
             if result is not None:
                 gates.append(_epsilon_check(result))
+                if result.empirical_epsilon is not None:
+                    gates.append(_canary_check(result))
             continue
         figure = result.figure(spec.figure) if result is not None else None
         if spec.figure == "tvd_2way":

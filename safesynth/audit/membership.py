@@ -136,7 +136,9 @@ class NoisyAudit:
     ``rows_per_side`` (``k``) comes from a noisy count; ``noisy_auc`` (the maximum over ``attacks``) is None
     when ``k < 1``, and then ``auc_upper`` is the vacuous 1. ``auc_lower`` is a one-sided 95% lower bound
     (Bonferroni over the attacks) that the gate compares with ``auc_bound``, the largest AUC the claimed
-    ``(epsilon, delta)`` of the synthetic rows allows. ``utility`` holds the gated utility figures.
+    ``(epsilon, delta)`` of the synthetic rows allows. ``utility`` holds the gated utility figures;
+    ``empirical_epsilon`` the canary audit's lower bound on epsilon (canary mode; post-processing of the
+    synthetic rows and of secret canaries independent of the data).
     """
 
     attack: str
@@ -150,7 +152,9 @@ class NoisyAudit:
     attacks: tuple[str, ...] = ()
     auc_lower: float = 0.0
     auc_bound: float = 1.0
+    claimed_epsilon: float | None = None
     utility: tuple[NoisyFigure, ...] = ()
+    empirical_epsilon: float | None = None
 
     def figure(self, name: str) -> NoisyFigure | None:
         """The utility figure ``name`` (``tvd_2way``, ``tstr_ratio``), if it was computed."""
@@ -425,7 +429,8 @@ def audit_membership(
         vacuous = tuple(NoisyFigure(figure=f, value=None, lower=0.0, upper=RATIO_CAP if f == "tstr_ratio" else 1.0,
                                     epsilon=0.0, detail={"rows_per_side": 0}) for f in sorted(figures - {"attack_auc"}))
         published = NoisyAudit(attack=label, attacks=attacks, rows_per_side=0, noisy_auc=None, auc_upper=1.0,
-                               auc_lower=0.0, auc_bound=bound, epsilon=count_spend.epsilon, auc_noise_scale=None,
+                               auc_lower=0.0, auc_bound=bound, claimed_epsilon=claimed_epsilon,
+                               epsilon=count_spend.epsilon, auc_noise_scale=None,
                                count_noise_scale=float(count_spend.detail["scale"]),
                                shortfall_probability=SHORTFALL_PROBABILITY, utility=vacuous)
         return published, AuditDiagnostics(exact=None, slot_auc=None, train_rows=len(members),
@@ -469,7 +474,7 @@ def audit_membership(
     published = NoisyAudit(
         attack=label, attacks=attacks, rows_per_side=k, noisy_auc=noisy_auc,
         auc_upper=auc_upper_bound(noisy_auc, k, k, extra_variance=2.0 * scale**2),
-        auc_lower=_lower_bound(noisy_auc, sd, len(attacks)), auc_bound=bound,
+        auc_lower=_lower_bound(noisy_auc, sd, len(attacks)), auc_bound=bound, claimed_epsilon=claimed_epsilon,
         epsilon=spent, auc_noise_scale=scale, count_noise_scale=float(count_spend.detail["scale"]),
         shortfall_probability=SHORTFALL_PROBABILITY, utility=tuple(utility),
     )

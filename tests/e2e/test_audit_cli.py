@@ -20,7 +20,8 @@ def _setup(tmp_path: Path) -> Path:
         "dataset": "cli-audit", "source": "train.parquet", "columns": MIXED_COLUMNS,
         "privacy": {"epsilon": 2.0, "delta": 1e-6, "lifetime_epsilon": 20.0},
         "sampling": {"rows": 500, "seed": 0}, "publish": {"target": "releases"},
-        "audit": {"target_column": "plan", "sensitive_columns": ["plan"]},
+        # 700 holdout rows give ~550 slots per side: a loose gate keeps the real noise from flipping the pass.
+        "audit": {"target_column": "plan", "sensitive_columns": ["plan"], "max_attack_auc": 0.7},
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     train = mixed_frame(700, seed=1)
