@@ -588,18 +588,25 @@ def _canary_audit(ctx: RunContext, spec: ReleaseSpec, synthetic: pd.DataFrame,
 
 def _owner_report(ctx: RunContext, spec: ReleaseSpec, train: pd.DataFrame, holdout: pd.DataFrame,
                   synthetic: pd.DataFrame, claimed: tuple[float, float], empirical: float | None) -> None:
-    """The data owner's HTML + JSON report, restricted; a failure is logged (it decides nothing)."""
+    """The data owner's HTML + JSON report, restricted.
+
+    Whether it succeeds may depend on the data, so nothing about its outcome reaches the logs: what could
+    not be measured, or why it failed, goes to the restricted ``audit_report_status.json``.
+    """
     from safesynth.audit.report import write_report
     from safesynth.audit.suite import run_suite
 
+    log.info("writing the data owner's audit report (exact figures) to the run's restricted reports")
+    status: dict[str, Any] = {"zone": "restricted"}
     try:
         result = run_suite(spec=spec, train=train, holdout=holdout, synthetic=synthetic, epsilon=claimed[0],
                            delta=claimed[1], rng=np.random.default_rng(secrets.randbits(128)),
                            empirical_epsilon=empirical)
         write_report(result.report, ctx.report("audit_report"))
-        log.info("wrote the data owner's audit report (exact figures, restricted) under the run's reports")
+        status.update(written=True, not_measured=result.failed)
     except Exception as exc:  # noqa: BLE001 - the report is diagnostics: never fail a release after the spend
-        log.warning("could not write the data owner's audit report (%s)", exc.__class__.__name__)
+        status.update(written=False, error=exc.__class__.__name__)
+    ctx.report("audit_report_status.json").write_text(json.dumps(status))
 
 
 def gate(ctx: RunContext, audit: NoisyAudit | None) -> GateDecision:

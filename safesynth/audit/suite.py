@@ -11,7 +11,6 @@ is split by secret randomness into the attacker's *reference* rows (``reference_
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,9 +31,6 @@ from safesynth.audit.report import AuditReport, build_report
 from safesynth.spec import BooleanColumn, CategoricalColumn, DatetimeColumn, ReleaseSpec, TextColumn
 
 __all__ = ["SuiteResult", "positive_class", "run_suite"]
-
-log = logging.getLogger("safesynth")
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SuiteResult:
@@ -167,8 +163,6 @@ def run_suite(
                     copies.append(sides.text_copy(name))
                 except Exception as exc:  # noqa: BLE001
                     failed[f"text-copy:{name}"] = exc.__class__.__name__
-    for name, error in failed.items():
-        log.warning("audit report: %s could not be measured (%s)", name, error)
     target = spec.audit.target_column
     report = build_report(
         spec=spec, train=members, holdout=non_members, synthetic=synthetic, epsilon=epsilon, delta=delta, rng=rng,
