@@ -1,8 +1,8 @@
-"""Utility figures with small sensitivity, for the published utility gates (noise is added by the caller).
+"""Utility figures with small sensitivity, released with Laplace noise for the published utility gates.
 
-The published gates may read only DP figures (:mod:`safesynth.audit.membership` adds the Laplace noise
-and charges the audit stage). These are the exact statistics it noises, each built so that one record
-moves it by a stated amount:
+The published gates may read only DP figures: :func:`tvd_figure` and :func:`tstr_figure` noise these
+statistics and charge the audit stage (called by :func:`safesynth.audit.membership.audit_membership` on its
+slots). Each statistic is built so that one record moves it by a stated amount:
 
 * :func:`slot_tvd_2way`: the mean 2-way total variation distance between the synthetic rows and ``k``
   real slots (the audit's non-member slots, a uniform sample of the holdout). A slot is one row; a missing
@@ -25,14 +25,21 @@ only in the (reported) noise.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
+from safesynth.audit.noisy import NoisyFigure, release_statistic
 from safesynth.audit.utility import binned, predict_labels
+from safesynth.errors import InternalError
+from safesynth.privacy.accountant import ReleaseAccount
+from safesynth.privacy.noise import NoiseSource
 from safesynth.spec import BooleanColumn, CategoricalColumn, FloatColumn, IntegerColumn, ReleaseSpec
 
-__all__ = ["DUMMY", "fallback_label", "partitioned_accuracy", "slot_tvd_2way", "tabular_columns"]
+__all__ = ["DUMMY", "RATIO_CAP", "fallback_label", "partitioned_accuracy", "slot_tvd_2way", "tabular_columns",
+           "tstr_figure", "tvd_figure"]
 
 #: The cell of a missing slot: no synthetic row has it.
 DUMMY = "<missing slot>"
@@ -124,3 +131,63 @@ def partitioned_accuracy(train: pd.DataFrame, parts: np.ndarray, test_slots: pd.
         predicted = predict_labels(chunk, test_slots, target=target, fallback=fallback).astype(str)
         accuracies.append(float(np.sum(predicted == truth)) / rows_per_side)
     return float(np.mean(accuracies))
+
+
+#: The TSTR / TRTR ratio's upper bound is capped here (its denominator's lower bound can be 0).
+RATIO_CAP = 10.0
+
+
+def tvd_figure(non: pd.DataFrame, synthetic: pd.DataFrame, *, k: int, epsilon: float, spec: ReleaseSpec,
+                noise: NoiseSource, account: ReleaseAccount) -> tuple[NoisyFigure, float]:
+    """Stage ``audit.tvd_2way``: the noisy :func:`slot_tvd_2way` (sensitivity ``1 / k``) and the exact value."""
+    exact = slot_tvd_2way(non, synthetic, spec, rows_per_side=k)
+    noisy, scale = release_statistic(exact, stage="audit.tvd_2way", sensitivity=1.0 / k, epsilon=epsilon, noise=noise,
+                            account=account, statistic="mean 2-way TVD of k holdout slots vs synthetic rows")
+    sd = math.sqrt(2.0) * scale  # the noise; the sampling error of k slots is left to the margin of the gate
+    z = float(norm.ppf(0.95))
+    return NoisyFigure(figure="tvd_2way", value=noisy, lower=max(0.0, noisy - z * sd), upper=min(1.0, noisy + z * sd),
+                       epsilon=account.spends[-1].epsilon,
+                       detail={"rows_per_side": k, "noise_scale": scale, "sensitivity": 1.0 / k}), exact
+
+
+def tstr_figure(synthetic: pd.DataFrame, members: pd.DataFrame, non: pd.DataFrame, *, k: int,
+                 epsilons: tuple[float, float], spec: ReleaseSpec, noise: NoiseSource, account: ReleaseAccount,
+                 rng: np.random.Generator) -> tuple[NoisyFigure, dict[str, float]]:
+    """Stages ``audit.tstr`` and ``audit.trtr``: the noisy TSTR / TRTR ratio and the exact accuracies.
+
+    ``rng`` is the audit's secret randomness (each fitted record's part); ``epsilons`` the two stages'.
+    """
+    target = spec.audit.target_column
+    if target is None:
+        raise InternalError("the tstr_ratio figure needs `audit.target_column`")
+    m = spec.audit.tstr_partitions
+    synthetic_parts = np.random.default_rng(0).integers(0, m, len(synthetic))  # public rows: a seeded split
+    member_parts = rng.integers(0, m, len(members))  # secret, one draw per record
+    tstr = partitioned_accuracy(synthetic, synthetic_parts, non, target=target, partitions=m, rows_per_side=k,
+                                spec=spec)
+    trtr = partitioned_accuracy(members, member_parts, non, target=target, partitions=m, rows_per_side=k, spec=spec)
+    noisy_s, scale_s = release_statistic(tstr, stage="audit.tstr", sensitivity=1.0 / k, epsilon=epsilons[0], noise=noise,
+                                account=account, statistic="mean accuracy on k holdout slots of classifiers "
+                                "fitted on m parts of the synthetic rows")
+    eps_s = account.spends[-1].epsilon
+    sensitivity_r = max(1.0 / m, 1.0 / k)
+    noisy_r, scale_r = release_statistic(trtr, stage="audit.trtr", sensitivity=sensitivity_r, epsilon=epsilons[1],
+                                noise=noise, account=account, statistic="mean accuracy on k holdout slots of "
+                                "classifiers fitted on m disjoint parts of the fitted rows")
+    eps_r = account.spends[-1].epsilon
+    s, r = min(max(noisy_s, 0.0), 1.0), min(max(noisy_r, 0.0), 1.0)
+    z = float(norm.ppf(1.0 - 0.05 / 4))  # two one-sided bounds at 97.5% each, and each has two error terms
+
+    def sd(p: float, scale: float) -> float:
+        return math.sqrt(p * (1.0 - p) / k + 2.0 * scale**2)
+
+    s_low, r_high = max(0.0, s - z * sd(s, scale_s)), min(1.0, r + z * sd(r, scale_r))
+    s_high, r_low = min(1.0, s + z * sd(s, scale_s)), max(0.0, r - z * sd(r, scale_r))
+    value = s / r if r > 0 else None
+    figure = NoisyFigure(
+        figure="tstr_ratio", value=value, lower=s_low / r_high if r_high > 0 else 0.0,
+        upper=min(RATIO_CAP, s_high / r_low) if r_low > 0 else RATIO_CAP, epsilon=math.fsum([eps_s, eps_r]),
+        detail={"noisy_tstr_accuracy": noisy_s, "noisy_trtr_accuracy": noisy_r, "partitions": m,
+                "rows_per_side": k, "target_column": target, "tstr_noise_scale": scale_s,
+                "trtr_noise_scale": scale_r, "trtr_sensitivity": sensitivity_r})
+    return figure, {"tstr_accuracy": tstr, "trtr_accuracy": trtr}

@@ -79,12 +79,12 @@ from safesynth.audit.attacks import (
     create_attack,
     hanley_mcneil_variance,
 )
-from safesynth.audit.dp_utility import partitioned_accuracy, slot_tvd_2way
+from safesynth.audit.dp_utility import RATIO_CAP, tstr_figure, tvd_figure
+from safesynth.audit.noisy import NoisyFigure, calibrated_laplace
 from safesynth.audit.reference import domain_sample
 from safesynth.audit.stats import auc_bound_for_epsilon
 from safesynth.errors import InternalError
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend
-from safesynth.privacy.mechanisms import LaplaceMechanism
 from safesynth.privacy.noise import NoiseSource
 from safesynth.spec import ReleaseSpec
 
@@ -106,27 +106,10 @@ __all__ = [
 COUNT_SHARE = 0.25
 #: Probability that ``k`` exceeds the smaller side (then dummies fill the missing slots, failing closed).
 SHORTFALL_PROBABILITY = 1e-3
-#: The TSTR / TRTR ratio's upper bound is capped here (its denominator's lower bound can be 0).
-RATIO_CAP = 10.0
 #: Public reference rows (from the declared domains) the attacks of the published gate compare with.
 REFERENCE_ROWS = 10_000
 
 log = logging.getLogger("safesynth")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NoisyFigure:
-    """One published utility figure: a noisy statistic and its one-sided 95% bounds (DP outputs)."""
-
-    figure: str
-    value: float | None
-    lower: float
-    upper: float
-    epsilon: float
-    detail: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,23 +185,6 @@ def split_epsilon(epsilon: float) -> tuple[float, float]:
     while math.fsum([epsilon_count, epsilon_auc]) > epsilon:
         epsilon_auc = math.nextafter(epsilon_auc, 0.0)
     return epsilon_count, epsilon_auc
-
-
-def calibrated_laplace(*, sensitivity: float, epsilon: float) -> LaplaceMechanism:
-    """The Laplace mechanism with the least scale whose stated epsilon is at most ``epsilon`` (never above).
-
-    Raises:
-        InternalError: no scale within a few ulps of ``sensitivity / epsilon`` fits (a bug).
-    """
-    if not epsilon > 0:
-        raise ValueError(f"`epsilon` ({epsilon}) must be > 0")
-    scale = sensitivity / epsilon
-    for _ in range(64):
-        mechanism = LaplaceMechanism(sensitivity=sensitivity, scale=scale)
-        if mechanism.epsilon <= epsilon:
-            return mechanism
-        scale = math.nextafter(scale, math.inf)  # round the noise up, never the spend down
-    raise InternalError(f"no Laplace scale near {sensitivity / epsilon:.6g} meets `epsilon` ({epsilon})")
 
 
 def rows_per_side(n_members: int, n_non_members: int, *, epsilon: float, max_rows: int, noise: NoiseSource,
@@ -316,67 +282,6 @@ def _lower_bound(value: float, sd: float, tests: int) -> float:
     return value - float(norm.ppf(1.0 - 0.05 / tests)) * sd
 
 
-def _release(value: float, *, stage: str, sensitivity: float, epsilon: float, noise: NoiseSource,
-             account: ReleaseAccount, statistic: str) -> tuple[float, float]:
-    """``value`` plus calibrated Laplace noise, its spend recorded first; returns ``(noisy, scale)``."""
-    mechanism = calibrated_laplace(sensitivity=sensitivity, epsilon=epsilon)
-    account.add(StageSpend(stage=stage, event=mechanism.event(), epsilon=mechanism.epsilon, delta=0.0,
-                           mechanism="laplace", secure_noise=bool(noise.secure),
-                           detail={"statistic": statistic, "sensitivity": sensitivity, "scale": mechanism.scale}))
-    return float(mechanism.release(np.array([float(value)]), noise=noise)[0]), mechanism.scale
-
-
-def _tvd_figure(non: pd.DataFrame, synthetic: pd.DataFrame, *, k: int, epsilon: float, spec: ReleaseSpec,
-                noise: NoiseSource, account: ReleaseAccount) -> tuple[NoisyFigure, float]:
-    exact = slot_tvd_2way(non, synthetic, spec, rows_per_side=k)
-    noisy, scale = _release(exact, stage="audit.tvd_2way", sensitivity=1.0 / k, epsilon=epsilon, noise=noise,
-                            account=account, statistic="mean 2-way TVD of k holdout slots vs synthetic rows")
-    sd = math.sqrt(2.0) * scale  # the noise; the sampling error of k slots is left to the margin of the gate
-    z = float(norm.ppf(0.95))
-    return NoisyFigure(figure="tvd_2way", value=noisy, lower=max(0.0, noisy - z * sd), upper=min(1.0, noisy + z * sd),
-                       epsilon=account.spends[-1].epsilon,
-                       detail={"rows_per_side": k, "noise_scale": scale, "sensitivity": 1.0 / k}), exact
-
-
-def _tstr_figure(synthetic: pd.DataFrame, members: pd.DataFrame, non: pd.DataFrame, *, k: int,
-                 epsilons: tuple[float, float], spec: ReleaseSpec, noise: NoiseSource, account: ReleaseAccount,
-                 rng: np.random.Generator) -> tuple[NoisyFigure, dict[str, float]]:
-    target = spec.audit.target_column
-    if target is None:
-        raise InternalError("the tstr_ratio figure needs `audit.target_column`")
-    m = spec.audit.tstr_partitions
-    synthetic_parts = np.random.default_rng(0).integers(0, m, len(synthetic))  # public rows: a seeded split
-    member_parts = rng.integers(0, m, len(members))  # secret, one draw per record
-    tstr = partitioned_accuracy(synthetic, synthetic_parts, non, target=target, partitions=m, rows_per_side=k,
-                                spec=spec)
-    trtr = partitioned_accuracy(members, member_parts, non, target=target, partitions=m, rows_per_side=k, spec=spec)
-    noisy_s, scale_s = _release(tstr, stage="audit.tstr", sensitivity=1.0 / k, epsilon=epsilons[0], noise=noise,
-                                account=account, statistic="mean accuracy on k holdout slots of classifiers "
-                                "fitted on m parts of the synthetic rows")
-    eps_s = account.spends[-1].epsilon
-    sensitivity_r = max(1.0 / m, 1.0 / k)
-    noisy_r, scale_r = _release(trtr, stage="audit.trtr", sensitivity=sensitivity_r, epsilon=epsilons[1],
-                                noise=noise, account=account, statistic="mean accuracy on k holdout slots of "
-                                "classifiers fitted on m disjoint parts of the fitted rows")
-    eps_r = account.spends[-1].epsilon
-    s, r = min(max(noisy_s, 0.0), 1.0), min(max(noisy_r, 0.0), 1.0)
-    z = float(norm.ppf(1.0 - 0.05 / 4))  # two one-sided bounds at 97.5% each, and each has two error terms
-
-    def sd(p: float, scale: float) -> float:
-        return math.sqrt(p * (1.0 - p) / k + 2.0 * scale**2)
-
-    s_low, r_high = max(0.0, s - z * sd(s, scale_s)), min(1.0, r + z * sd(r, scale_r))
-    s_high, r_low = min(1.0, s + z * sd(s, scale_s)), max(0.0, r - z * sd(r, scale_r))
-    value = s / r if r > 0 else None
-    figure = NoisyFigure(
-        figure="tstr_ratio", value=value, lower=s_low / r_high if r_high > 0 else 0.0,
-        upper=min(RATIO_CAP, s_high / r_low) if r_low > 0 else RATIO_CAP, epsilon=math.fsum([eps_s, eps_r]),
-        detail={"noisy_tstr_accuracy": noisy_s, "noisy_trtr_accuracy": noisy_r, "partitions": m,
-                "rows_per_side": k, "target_column": target, "tstr_noise_scale": scale_s,
-                "trtr_noise_scale": scale_r, "trtr_sensitivity": sensitivity_r})
-    return figure, {"tstr_accuracy": tstr, "trtr_accuracy": trtr}
-
-
 def audit_membership(
     synthetic: pd.DataFrame,
     members: pd.DataFrame,
@@ -458,12 +363,12 @@ def audit_membership(
     utility: list[NoisyFigure] = []
     exact_utility: dict[str, float] = {}
     if "tvd_2way" in figures:
-        tvd, exact_tvd = _tvd_figure(non, synthetic, k=k, epsilon=shares[1], spec=spec, noise=noise,
+        tvd, exact_tvd = tvd_figure(non, synthetic, k=k, epsilon=shares[1], spec=spec, noise=noise,
                                      account=account)
         utility.append(tvd)
         exact_utility["tvd_2way"] = exact_tvd
     if "tstr_ratio" in figures:
-        tstr, exact_tstr = _tstr_figure(synthetic, members, non, k=k, epsilons=(shares[-2], shares[-1]), spec=spec,
+        tstr, exact_tstr = tstr_figure(synthetic, members, non, k=k, epsilons=(shares[-2], shares[-1]), spec=spec,
                                         noise=noise, account=account, rng=rng)
         utility.append(tstr)
         exact_utility.update(exact_tstr)
