@@ -7,7 +7,9 @@ that record, the synthetic rows, the spec and a **public reference** (rows drawn
 :mod:`safesynth.audit.reference`; a private reference would let one reference row move every score). The
 statistic is the **maximum over the attacks** of the Mann-Whitney AUC of member against non-member scores
 (Synth-MIA's "maximum over a suite"). One slot moves each attack's AUC, and so their maximum, by at most
-``1 / k``. An attack that raises counts as AUC 1 (fail closed). The strongest attacks with a real
+``1 / k``. An attack that raises counts as AUC 1 (fail closed); the argument assumes that whether an
+attack raises depends on the synthetic rows, the reference and the spec, not on one target (attacks see
+validated rows through declared-domain features; a NaN score is one slot's win, see :func:`slot_auc`). The strongest attacks with a real
 reference, the risks and the utility report run in :mod:`safesynth.audit.suite`, restricted.
 
 When the spec gates on utility, the same ``k`` non-member slots also give ``audit.tvd_2way`` (the mean
