@@ -117,3 +117,19 @@ def test_manifest_parquet_metadata_and_summary_carry_noisy_figures_only(audited)
                                             gate=decision.to_dict()))
     assert "noisy AUC" in summary and f"{published.noisy_auc:.3f}" in summary
     assert "TPR" not in summary and f"{exact['exact']['auc']:.3f}" not in summary
+
+
+def test_the_owners_report_is_restricted_and_its_figures_stay_out_of_the_logs(audited):
+    ctx, _, _, published, _, caplog = audited
+    reports = Path(ctx.workspace.reports)
+    report = json.loads((reports / "audit_report" / "audit_report.json").read_text())
+    assert (reports / "audit_report" / "audit_report.html").exists()
+    assert (reports / "audit_report").stat().st_mode & 0o777 == 0o700
+    assert json.loads((reports / "audit_report_status.json").read_text())["written"] is True
+    assert {a["attack"] for a in report["attacks"]} == set(ctx.spec.audit.attacks)
+    logs = "\n".join(r.getMessage() for r in caplog.get_records("setup"))
+    for figure in (published.noisy_auc, published.auc_upper, published.auc_lower, published.auc_bound):
+        logs = logs.replace(f"{figure:.3f}", "")  # the published (DP) figures and the threshold may be logged
+    for attack in report["attacks"]:  # the exact (real-reference) AUCs never reach a published channel
+        assert f"{attack['auc']:.3f}" not in logs.replace("0.900", "")
+    assert "could not" not in logs
