@@ -227,7 +227,7 @@ def test_published_figures_are_dp_outputs_and_constants_only(tmp_path):
     assert set(published.to_dict()) == {
         "attack", "rows_per_side", "noisy_auc", "auc_upper", "epsilon", "auc_noise_scale", "count_noise_scale",
         "shortfall_probability", "differentially_private", "neighbouring", "note",
-        "attacks", "auc_lower", "auc_bound", "utility"}
+        "attacks", "auc_lower", "auc_bound", "claimed_epsilon", "utility", "empirical_epsilon"}
     assert isinstance(diagnostics, AuditDiagnostics) and diagnostics.to_dict()["zone"] == "restricted"
     assert (diagnostics.train_rows, diagnostics.holdout_rows) == (900, 700)
     assert published.rows_per_side < 700  # the margin keeps k below the smaller side
