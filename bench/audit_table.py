@@ -2,9 +2,10 @@
 
 One command gives the table of the README's audit section:
 
-    .venv/bin/python bench/audit_table.py                                  # full size (~20 min, 2 vCPUs)
+    .venv/bin/python bench/audit_table.py                                  # full size (~15 min, 2 vCPUs)
     .venv/bin/python bench/audit_table.py --rows 3000 --generators marginals copy   # a quick look
     .venv/bin/python bench/audit_table.py --set epochs=4                   # cheaper llm fits
+    SAFESYNTH_TORCH_THREADS=1 .venv/bin/python bench/audit_table.py        # on a machine others use
 
 Data: ``adult.csv`` (48,842 rows), split 80/20 with :func:`common.split` (seed 0, as the other adult
 benchmarks): the 39,074 training rows are fitted and are the members; the 9,768 held-out rows are never
@@ -12,8 +13,10 @@ fitted. Generators, each fitted on the training rows and sampling as many rows a
 
 * ``marginals`` at epsilon 1;
 * ``llm`` at epsilon 1 and at epsilon 4, with the default ``generator: {kind: llm}`` that
-  ``bench_quality.py`` runs on adult (2 layers, width 64, 12 epochs, batch 1024, lr 1e-2; about 5 minutes
-  per fit here: no cap on rows or epochs);
+  ``bench_quality.py`` runs on adult (2 layers, width 64, 12 epochs, batch 1024, lr 1e-2), on all the
+  training rows: no cap on rows or epochs. A fit took about 6 minutes on 2 vCPUs with one torch thread
+  (``SAFESYNTH_TORCH_THREADS=1``); with two threads and another job on the cores it took over 20, as
+  OpenMP threads wait for a busy core;
 * ``copy``: the synthetic table *is* the training rows (no privacy at all: claimed epsilon infinite).
 
 Each synthetic table goes through the owner's full audit,
@@ -26,7 +29,9 @@ table, so all four are attacked on the same members, non-members and reference r
 
 Printed (markdown): per generator and attack the AUC with its 200-resample bootstrap 95 % interval, TPR at
 1 % FPR with its exact (Clopper-Pearson) 95 % interval, and the AUC bound of the claimed epsilon
-(:func:`~safesynth.audit.stats.auc_bound_for_epsilon` at the release account's epsilon and delta 1e-5);
+(:func:`~safesynth.audit.stats.auc_bound_for_epsilon` at delta 1e-5 and the epsilon the fit's account
+spent: the synthetic rows' own epsilon, below the target because the plan keeps the audit's and the
+repairs' shares, which a real release spends on its DP audit and repair count);
 then the strongest attack per generator, the risks, and the times. Raw figures go to
 ``bench/results/audit_table[_rowsN].json``.
 
