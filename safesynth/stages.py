@@ -26,6 +26,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -579,7 +580,11 @@ def _canary_audit(ctx: RunContext, spec: ReleaseSpec, synthetic: pd.DataFrame,
 
     frame = pd.read_parquet(ctx.path("canaries.parquet"))
     included = frame.pop("__included").to_numpy(dtype=bool)
-    result = audit_canaries(synthetic, frame, included, spec=spec, delta=claimed[1], beta=CANARY_BETA)
+    try:
+        result = audit_canaries(synthetic, frame, included, spec=spec, delta=claimed[1], beta=CANARY_BETA)
+    except Exception as exc:  # noqa: BLE001 - fail closed: the canary-epsilon gate blocks on NaN
+        log.warning("canary audit failed (%s); the canary-epsilon gate fails closed", exc.__class__.__name__)
+        return math.nan
     ctx.report("canary.json").write_text(json.dumps(result.to_dict()))
     log.info("canary audit: empirical lower bound on epsilon %.3f (claimed %.3f, %d canaries)",
              result.empirical_epsilon, claimed[0], result.canaries)

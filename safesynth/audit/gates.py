@@ -74,6 +74,9 @@ def _canary_check(result: NoisyAudit) -> GateResult:
     """Block when the canaries' empirical lower bound on epsilon exceeds the claim (a privacy bug)."""
     claimed = result.claimed_epsilon if result.claimed_epsilon is not None else math.inf
     empirical = float(result.empirical_epsilon) if result.empirical_epsilon is not None else math.nan
+    if math.isnan(empirical):
+        return GateResult(gate="canary-epsilon", passed=False, figure=None, threshold=claimed,
+                          reason="canary-epsilon: the canary audit is missing; the gate fails closed")
     passed = empirical <= claimed
     verdict = "<=" if passed else "> (the release leaks more than it claims)"
     return GateResult(gate="canary-epsilon", passed=passed, figure=empirical, threshold=claimed,

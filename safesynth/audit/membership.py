@@ -146,7 +146,9 @@ class NoisyAudit:
         return next((f for f in self.utility if f.figure == name), None)
 
     def to_dict(self) -> dict[str, Any]:
+        empirical = self.empirical_epsilon
         return {**asdict(self), "attacks": list(self.attacks), "utility": [f.to_dict() for f in self.utility],
+                "empirical_epsilon": None if empirical is None or math.isnan(empirical) else empirical,
                 "differentially_private": True, "neighbouring": "add/remove one record",
                 "note": "noisy figures from an accounted mechanism (stages audit.*); the attacks' reference "
                         "rows are drawn from the declared domains; exact figures stay in the restricted reports"}

@@ -218,3 +218,14 @@ def test_a_missing_utility_figure_fails_closed():
     decision = evaluate_gates(spec, published)
     assert not decision.passed and decision.reasons == ["tvd-2way: DP mean 2-way TVD (95% upper bound) is missing; "
                                                         "the gate fails closed"]
+
+
+@pytest.mark.parametrize("empirical, passed", [(0.5, True), (1.0, True), (1.5, False), (math.nan, False)])
+def test_the_canary_gate_blocks_above_the_claim_and_when_the_canary_audit_is_missing(empirical, passed):
+    published = NoisyAudit(attack="x", rows_per_side=100, noisy_auc=0.5, auc_upper=0.55, epsilon=0.1,
+                           auc_noise_scale=0.01, count_noise_scale=1.0, shortfall_probability=1e-3, auc_bound=0.9,
+                           claimed_epsilon=1.0, empirical_epsilon=empirical)
+    decision = evaluate_gates(AuditSpec(), published)
+    canary = [g for g in decision.gates if g.gate == "canary-epsilon"]
+    assert len(canary) == 1 and canary[0].passed is passed and decision.passed is passed
+    assert published.to_dict()["empirical_epsilon"] == (None if math.isnan(empirical) else empirical)
