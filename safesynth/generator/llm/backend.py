@@ -39,6 +39,7 @@ from safesynth.generator.llm.model import (
     model_device,
     torch_threads,
 )
+from safesynth.generator.llm.pretrained import resolve_model
 from safesynth.generator.llm.sampling import sample_tokens
 from safesynth.generator.llm.training import (
     COUNT_FRACTION,
@@ -169,9 +170,8 @@ class LLMBackend:
         if gen.model is None:
             lm = build_language_model(gen, codec.symbols, seed=spec.sampling.seed)
         else:
-            location = spec.resolve(gen.model)  # a path relative to the spec file, else a hub id
-            lm = load_language_model(location if Path(location).exists() else gen.model, codec.symbols,
-                                     seed=spec.sampling.seed, lora=gen.lora)
+            source = resolve_model(gen.model, base_dir=spec.base_dir)  # preflight already ran it: cheap
+            lm = load_language_model(source, codec.symbols, seed=spec.sampling.seed, lora=gen.lora)
         device = resolve_device(gen.device)
         torch.nn.Module.to(lm.model, device)  # PreTrainedModel.to is typed as a wrapper mypy cannot call
         train = repair_records(train, spec).frame  # records outside the domains: clamped, nulled or dropped

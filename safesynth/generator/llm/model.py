@@ -4,9 +4,9 @@ Default: a small Llama-style model built from ``generator`` (layers, hidden_size
 with untied input/output embeddings (Opacus ghost clipping refuses tied ones), whose vocabulary is
 exactly the codec's symbols, initialised from the spec's seed.
 
-``generator.model``: a local checkpoint directory (or a hub id already in the local cache) loaded with
-``local_files_only=True``; the codec's symbols that its tokenizer lacks are added as new tokens and the
-embeddings are resized. ``generator.lora``: wraps the model in LoRA adapters (needs ``peft``).
+``generator.model``: a pretrained model resolved by :mod:`.pretrained` (a local checkpoint directory, a GGUF
+file, a hub id already in the local cache or an alias such as ``smollm2-135m``) and loaded offline; the
+codec's symbols that its tokenizer lacks are added as new tokens and the embeddings are resized. ``generator.lora``: wraps the model in LoRA adapters (needs ``peft``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -32,6 +29,7 @@ from transformers import (
 )
 
 from safesynth.errors import GeneratorError
+from safesynth.generator.llm.pretrained import ModelSource, load_pretrained
 from safesynth.spec import LLMGeneratorSpec
 
 __all__ = [
@@ -98,25 +96,14 @@ def build_language_model(gen: LLMGeneratorSpec, symbols: tuple[str, ...], *, see
     return LanguageModel(model=model.eval(), tokenizer=_tokenizer(symbols), model_ids=torch.arange(len(symbols)))
 
 
-def _location(location: str) -> str:
-    path = Path(os.path.expanduser(location))
-    return str(path) if path.exists() else location
-
-
-def load_language_model(location: str, symbols: tuple[str, ...], *, seed: int, lora: bool = False) -> LanguageModel:
-    """Load a pretrained checkpoint + tokenizer offline and add the codec's symbols to its vocabulary.
+def load_language_model(source: ModelSource, symbols: tuple[str, ...], *, seed: int,
+                        lora: bool = False) -> LanguageModel:
+    """Load a resolved pretrained model + tokenizer offline and add the codec's symbols to its vocabulary.
 
     Raises:
-        GeneratorError: the checkpoint is not available locally, or ``lora`` is asked without ``peft``.
+        GeneratorError: the files cannot be loaded, or ``lora`` is asked without ``peft``.
     """
-    where = _location(location)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
-        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(where, local_files_only=True,
-                                                                      dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise GeneratorError(f"`generator.model` ({location}) cannot be loaded offline: {exc.__class__.__name__}; "
-                             "give a local checkpoint directory or pre-download the hub id") from exc
+    model, tokenizer = load_pretrained(source, dtype=torch.float32)
     vocab = tokenizer.get_vocab()
     missing = [s for s in symbols if s not in vocab]
     if missing:

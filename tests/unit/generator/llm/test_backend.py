@@ -176,7 +176,7 @@ def test_tied_gpt2_checkpoint_is_untied_and_trained_with_ghost_clipping(tmp_path
 def test_missing_checkpoint_fails_before_any_budget_is_spent(tmp_path):
     spec = llm_spec(tmp_path, TABULAR, model="no-such-org/no-such-model", condition_on="a")
     account = ReleaseAccount(delta=spec.privacy.delta)
-    with pytest.raises(GeneratorError, match="cannot be loaded offline"):
+    with pytest.raises(SpecError, match="not a hub id in the local cache; this machine is offline"):
         get_backend("llm").fit(tabular_frame(50), spec=spec, plan=plan_budget(spec), account=account,
                                noise=SeededNoise(0), workdir=tmp_path)
     assert account.spends == []
