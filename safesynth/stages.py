@@ -544,6 +544,9 @@ def audit(ctx: RunContext, fitted: Fitted, synthetic: SampledRows, train_path: P
     finally:
         save_account(ctx, account)  # whatever was spent before a failure stays recorded
     _check_within_plan(ctx.spec, account)
+    empirical = _canary_audit(ctx, spec, rows, claimed)
+    if empirical is not None:
+        published = dataclasses.replace(published, empirical_epsilon=empirical)
     ctx.report("audit.json").write_text(json.dumps(diagnostics.to_dict()))  # restricted: exact figures
     ctx.report("audit_dp.json").write_text(json.dumps(published.to_dict()))
     if published.noisy_auc is None:
@@ -557,10 +560,6 @@ def audit(ctx: RunContext, fitted: Fitted, synthetic: SampledRows, train_path: P
     for figure in published.utility:
         log.info("utility (DP): %s %s (95%% bounds %.3f to %.3f)", figure.figure,
                  "-" if figure.value is None else f"{figure.value:.3f}", figure.lower, figure.upper)
-    empirical = _canary_audit(ctx, spec, rows, claimed)
-    if empirical is not None:
-        published = dataclasses.replace(published, empirical_epsilon=empirical)
-        ctx.report("audit_dp.json").write_text(json.dumps(published.to_dict()))
     if spec.audit.report:
         _owner_report(ctx, spec, train, holdout, rows, claimed, empirical)
     return published

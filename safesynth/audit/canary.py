@@ -39,8 +39,6 @@ Every figure here depends on which canaries were included (secret randomness): r
 
 from __future__ import annotations
 
-import math
-import string
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -51,16 +49,10 @@ from scipy.special import expit
 from scipy.stats import binom
 
 from safesynth.audit.attacks.base import MembershipAttack, create_attack
+from safesynth.audit.reference import draw_column
 from safesynth.schema import conform
 from safesynth.spec import (
-    BooleanColumn,
-    CategoricalColumn,
-    ColumnSpec,
-    DatetimeColumn,
-    FloatColumn,
-    IntegerColumn,
     ReleaseSpec,
-    TextColumn,
 )
 
 __all__ = [
@@ -81,7 +73,6 @@ DEFAULT_ATTACK = "distance-to-closest-record"
 #: The default abstention levels as fractions of ``m``: "included" guesses only (a memorised canary shows
 #: as a near copy, a high score; a low score says little), then every canary guessed (half each way).
 _TOP_FRACTIONS = (0.05, 0.1, 0.25, 0.5)
-_LETTERS = np.array(list(string.ascii_lowercase))
 
 
 # ------------------------------------------------------------------------------------------ canaries
@@ -116,51 +107,8 @@ def make_canaries(spec: ReleaseSpec, m: int, rng: np.random.Generator) -> pd.Dat
     undeclared = [name for name, col in spec.columns.items() if not col.bounded]
     if undeclared:
         raise ValueError(f"columns {undeclared} must declare their domains (canaries use no other)")
-    data = {name: _draw(col, m, rng) for name, col in spec.columns.items()}
+    data = {name: draw_column(col, m, rng) for name, col in spec.columns.items()}
     return conform(pd.DataFrame(data, index=pd.RangeIndex(m)), spec)
-
-
-def _draw(col: ColumnSpec, m: int, rng: np.random.Generator) -> Any:
-    # Domains were checked as declared by the caller, so the `is not None` tests only narrow types.
-    if isinstance(col, CategoricalColumn) and col.categories is not None:
-        return np.asarray(col.categories, dtype=object)[rng.integers(0, len(col.categories), m)]
-    if isinstance(col, BooleanColumn):
-        return rng.random(m) < 0.5
-    if isinstance(col, IntegerColumn) and col.min is not None and col.max is not None:
-        return rng.integers(col.min, col.max, m, endpoint=True)
-    if isinstance(col, FloatColumn) and col.min is not None and col.max is not None:
-        x = rng.uniform(col.min, col.max, m)
-        scale = 10.0**col.precision
-        lo, hi = math.ceil(col.min * scale) / scale, math.floor(col.max * scale) / scale
-        # A range narrower than one rounding step keeps unrounded values (rounding would leave it).
-        return np.clip(np.round(x, col.precision), lo, hi) if lo <= hi else x
-    if isinstance(col, DatetimeColumn):
-        return _draw_datetimes(col, m, rng)
-    if isinstance(col, TextColumn):
-        return np.asarray([_token_text(col.max_length, rng) for _ in range(m)], dtype=object)
-    raise ValueError(f"a `{col.type}` column has no declared domain")
-
-
-def _draw_datetimes(col: DatetimeColumn, m: int, rng: np.random.Generator) -> np.ndarray:
-    def micros(value: Any) -> int:
-        stamp = pd.Timestamp(value)
-        stamp = stamp.tz_convert(None) if stamp.tzinfo is not None else stamp  # as validation reads them
-        return int(stamp.to_datetime64().astype("datetime64[us]").astype(np.int64))
-
-    lo, hi = micros(col.min), micros(col.max)
-    # The declared resolution; a coarser one than the bounds allow falls back to seconds, then microseconds.
-    units = (86_400_000_000, 1_000_000, 1) if col.resolution == "day" else (1_000_000, 1)
-    unit = next(u for u in units if -(-lo // u) <= hi // u)
-    values = rng.integers(-(-lo // unit), hi // unit, m, endpoint=True) * unit
-    return np.asarray(values, dtype="datetime64[us]")
-
-
-def _token_text(max_length: int, rng: np.random.Generator) -> str:
-    target = int(rng.integers(min(max_length, 8), min(max_length, 40), endpoint=True))
-    words: list[str] = []
-    while sum(len(w) + 1 for w in words) < target:
-        words.append("".join(rng.choice(_LETTERS, int(rng.integers(3, 9)))))
-    return " ".join(words)[:target].strip()
 
 
 def choose_inclusions(m: int, rng: np.random.Generator) -> np.ndarray:

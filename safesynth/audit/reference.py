@@ -15,14 +15,18 @@ which is what overfitting raises around a training row. The sample is seeded (it
 
 from __future__ import annotations
 
+import math
+import string
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
-from safesynth.domains import bounds_of, categories_of
 from safesynth.schema import conform
 from safesynth.spec import (
     BooleanColumn,
     CategoricalColumn,
+    ColumnSpec,
     DatetimeColumn,
     FloatColumn,
     IntegerColumn,
@@ -30,33 +34,62 @@ from safesynth.spec import (
     TextColumn,
 )
 
-__all__ = ["NULL_RATE", "domain_sample"]
+__all__ = ["NULL_RATE", "domain_sample", "draw_column"]
 
 #: Share of nulls in each nullable column of the public reference.
 NULL_RATE = 0.1
-_LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz     "))
+_LETTERS = np.array(list(string.ascii_lowercase))
 
 
-def _column(col: object, n: int, rng: np.random.Generator) -> pd.Series:
-    if isinstance(col, CategoricalColumn):
-        categories = np.array(categories_of(col), dtype=object)
-        return pd.Series(categories[rng.integers(0, len(categories), n)], dtype=object)
+def draw_column(col: ColumnSpec, m: int, rng: np.random.Generator) -> Any:
+    """``m`` values drawn uniformly from ``col``'s declared domain (no nulls); shared with the canaries.
+
+    Floats are rounded to the declared precision within the bounds; datetimes at the declared resolution;
+    texts are random lowercase tokens within ``max_length``.
+
+    Raises:
+        ValueError: the column has no declared domain.
+    """
+    # Domains were checked as declared by the caller, so the `is not None` tests only narrow types.
+    if isinstance(col, CategoricalColumn) and col.categories is not None:
+        return np.asarray(col.categories, dtype=object)[rng.integers(0, len(col.categories), m)]
     if isinstance(col, BooleanColumn):
-        return pd.Series(rng.random(n) < 0.5)
-    if isinstance(col, IntegerColumn):
-        lo, hi = bounds_of(col)
-        return pd.Series(rng.integers(lo, hi, n, endpoint=True))
-    if isinstance(col, FloatColumn):
-        flo, fhi = bounds_of(col)
-        return pd.Series(np.round(rng.uniform(flo, fhi, n), col.precision))
+        return rng.random(m) < 0.5
+    if isinstance(col, IntegerColumn) and col.min is not None and col.max is not None:
+        return rng.integers(col.min, col.max, m, endpoint=True)
+    if isinstance(col, FloatColumn) and col.min is not None and col.max is not None:
+        x = rng.uniform(col.min, col.max, m)
+        scale = 10.0**col.precision
+        lo, hi = math.ceil(col.min * scale) / scale, math.floor(col.max * scale) / scale
+        # A range narrower than one rounding step keeps unrounded values (rounding would leave it).
+        return np.clip(np.round(x, col.precision), lo, hi) if lo <= hi else x
     if isinstance(col, DatetimeColumn):
-        lo_s, hi_s = col.min.timestamp(), col.max.timestamp()
-        values = pd.to_datetime(rng.uniform(lo_s, hi_s, n), unit="s")
-        return pd.Series(values.floor("D") if col.resolution == "day" else values.floor("s"))
+        return _draw_datetimes(col, m, rng)
     if isinstance(col, TextColumn):
-        lengths = rng.integers(1, min(col.max_length, 200), n, endpoint=True)
-        return pd.Series(["".join(rng.choice(_LETTERS, k)) for k in lengths], dtype=object)
-    raise TypeError(f"unknown column spec {type(col).__name__}")
+        return np.asarray([_token_text(col.max_length, rng) for _ in range(m)], dtype=object)
+    raise ValueError(f"a `{col.type}` column has no declared domain")
+
+
+def _draw_datetimes(col: DatetimeColumn, m: int, rng: np.random.Generator) -> np.ndarray:
+    def micros(value: Any) -> int:
+        stamp = pd.Timestamp(value)
+        stamp = stamp.tz_convert(None) if stamp.tzinfo is not None else stamp  # as validation reads them
+        return int(stamp.to_datetime64().astype("datetime64[us]").astype(np.int64))
+
+    lo, hi = micros(col.min), micros(col.max)
+    # The declared resolution; a coarser one than the bounds allow falls back to seconds, then microseconds.
+    units = (86_400_000_000, 1_000_000, 1) if col.resolution == "day" else (1_000_000, 1)
+    unit = next(u for u in units if -(-lo // u) <= hi // u)
+    values = rng.integers(-(-lo // unit), hi // unit, m, endpoint=True) * unit
+    return np.asarray(values, dtype="datetime64[us]")
+
+
+def _token_text(max_length: int, rng: np.random.Generator) -> str:
+    target = int(rng.integers(min(max_length, 8), min(max_length, 40), endpoint=True))
+    words: list[str] = []
+    while sum(len(w) + 1 for w in words) < target:
+        words.append("".join(rng.choice(_LETTERS, int(rng.integers(3, 9)))))
+    return " ".join(words)[:target].strip()
 
 
 def domain_sample(spec: ReleaseSpec, rows: int, *, seed: int = 0) -> pd.DataFrame:
@@ -70,7 +103,7 @@ def domain_sample(spec: ReleaseSpec, rows: int, *, seed: int = 0) -> pd.DataFram
     rng = np.random.default_rng(seed)
     out = {}
     for name, col in spec.columns.items():
-        values = _column(col, rows, rng)
+        values = pd.Series(draw_column(col, rows, rng))
         if col.nullable:
             values = values.astype(object).where(rng.random(rows) >= NULL_RATE, None)
         out[name] = values
