@@ -121,11 +121,13 @@ def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Run
         raise
     finally:
         run("settle-budget", stages.settle, ctx, reservation, status=status)
-    return _published(ctx, published.location)
+    return _published(ctx, published.location, rows=fitted.schema.spec.sampling.rows)
 
 
-def _published(ctx: stages.RunContext, location: str) -> ReleaseOutcome:
-    return _outcome(ctx, "published", f"published {ctx.spec.sampling.rows} rows to {location}", location=location)
+def _published(ctx: stages.RunContext, location: str, *, rows: int | None = None) -> ReleaseOutcome:
+    # ``rows``: what the fitted spec samples (an ``incontext`` generator may have bought fewer than asked).
+    shown = ctx.spec.sampling.rows if rows is None else rows
+    return _outcome(ctx, "published", f"published {shown} rows to {location}", location=location)
 
 
 def _outcome(ctx: stages.RunContext, status: str, message: str, *, location: str | None = None,
