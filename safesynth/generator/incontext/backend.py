@@ -152,9 +152,11 @@ class TextDecoder:
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  past: Any) -> tuple[torch.Tensor, Any]:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                         use_cache=True)
-        return out.logits[:, -1, :], out.past_key_values
+        # transformers 5 names the KV cache ``cache`` (``past_key_values`` is deprecated); only the last
+        # position's logits are computed.
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=past, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[:, -1, :], out.cache
 
     def decode(self, public: list[int], private: list[list[int]], *, noise_multiplier: float, noise: NoiseSource,
                max_chars: int) -> str:
