@@ -126,8 +126,10 @@ def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Run
 
 def _published(ctx: stages.RunContext, location: str, *, rows: int | None = None) -> ReleaseOutcome:
     # ``rows``: what the fitted spec samples (an ``incontext`` generator may have bought fewer than asked).
-    shown = ctx.spec.sampling.rows if rows is None else rows
-    return _outcome(ctx, "published", f"published {shown} rows to {location}", location=location)
+    asked = ctx.spec.sampling.rows
+    shown = asked if rows is None else rows
+    bought = "" if shown >= asked else f" (the generator's budget bought {shown} of the {asked} asked for)"
+    return _outcome(ctx, "published", f"published {shown} rows{bought} to {location}", location=location)
 
 
 def _outcome(ctx: stages.RunContext, status: str, message: str, *, location: str | None = None,

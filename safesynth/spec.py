@@ -295,9 +295,11 @@ class InContextGeneratorSpec(_Frozen):
         None, description="A categorical or boolean column drawn from a noisy histogram (budget share "
         "`privacy.allocation.condition`); each text is generated from private examples of its value only."
     )
-    prompts: int = Field(8, ge=1, le=256, description="Disjoint prompts whose next-token distributions are "
-                         "summed per token (M); one record is in at most one of them.")
-    shots: int = Field(4, ge=1, le=64, description="Expected private examples per prompt (N): the Poisson sample "
+    prompts: int = Field(32, ge=1, le=256, description="Disjoint prompts whose next-token distributions are "
+                         "summed per token (M); one record is in at most one of them. The sum grows with M and the "
+                         "noise does not: 8 prompts gave noise-dominated text at epsilon 8, 32 fluent text; each "
+                         "token is one forward pass of M + 1 sequences.")
+    shots: int = Field(2, ge=1, le=64, description="Expected private examples per prompt (N): the Poisson sample "
                        "rate is prompts x shots / (noisy row count), at most 0.5.")
     max_new_tokens: int = Field(48, ge=1, le=1024, description="Tokens generated (and charged) per text; the text "
                                 "is also cut at the column's max_length characters.")
