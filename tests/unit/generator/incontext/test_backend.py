@@ -11,7 +11,8 @@ import pytest
 
 from safesynth.errors import SpecError
 from safesynth.generator import get_backend
-from safesynth.generator.incontext.backend import FittedInContext, InContextBackend, TextDecoder
+from safesynth.generator.incontext.backend import FittedInContext, InContextBackend
+from safesynth.generator.incontext.decoder import TextDecoder
 from safesynth.generator.incontext.mechanism import SENSITIVITY, aggregate, generation_event, restrict
 from safesynth.generator.incontext.prompt import example_line, prompt_ids, resolve_columns
 from safesynth.generator.llm.pretrained import load_pretrained, resolve_model
@@ -168,3 +169,39 @@ def test_text_only_spec_has_no_other_columns_stage(tmp_path, tiny_model):
     model, account, _ = fit(spec, review_frame(30)[["review"]], tmp_path)
     assert [s.stage for s in account.spends] == ["generator.count", "generator.incontext"]
     assert rows_valid(model.sample(2, seed=0), spec)
+
+
+def test_logs_and_the_spend_hold_no_private_text(tmp_path, tiny_model, caplog):
+    spec = incontext_spec(tmp_path, tiny_model, rows=2, condition_on="sentiment")
+    frame = review_frame(40)
+    frame.loc[0, "review"] = "zqxj secret"
+    with caplog.at_level("DEBUG", logger="safesynth"):
+        _, account, _ = fit(spec, frame, tmp_path)
+    shown = caplog.text + json.dumps([s.to_dict() for s in account.spends])
+    assert "in-context DP generation: 2 texts" in caplog.text
+    assert not any(word in shown for word in ("zqxj", "secret", "great", "soft", "torn", "meh"))
+
+
+def test_a_release_noise_source_draws_the_subsample_from_os_entropy(tmp_path, tiny_model):
+    from safesynth.privacy.noise import OpenDPNoise
+
+    spec = incontext_spec(tmp_path, tiny_model, {"review": REVIEWS["review"]}, rows=1, max_new_tokens=2)
+    account = ReleaseAccount(delta=spec.privacy.delta)
+    model = InContextBackend().fit(review_frame(20)[["review"]], spec=spec, plan=plan_budget(spec), account=account,
+                                   noise=OpenDPNoise(), workdir=tmp_path)
+    spend = account.spends[-1]
+    assert spend.secure_noise is True and spend.detail["subsample_rng"] == "os-entropy"
+    assert model.rows_available == 1 and account.secure_noise
+
+
+def test_spec_defaults_and_unknown_keys(tmp_path):
+    from safesynth.spec import InContextGeneratorSpec
+
+    gen = incontext_spec(tmp_path, "smollm2-135m").generator.model_copy()
+    assert isinstance(gen, InContextGeneratorSpec)
+    default = InContextGeneratorSpec(kind="incontext")
+    assert (default.model, default.prompts, default.shots, default.max_new_tokens, default.top_k) == (
+        "smollm2-135m", 32, 2, 48, 32)
+    assert default.noise_multiplier is None and default.text_column is None and default.condition_on is None
+    with pytest.raises(SpecError, match=r"`generator.batch_size`: unknown key"):
+        incontext_spec(tmp_path, "smollm2-135m", batch_size=3)
