@@ -196,3 +196,12 @@ def test_rows_within_budget_is_zero_when_one_row_is_too_expensive():
     assert rows_within_budget(
         lambda r: generation_event(sample_rate=0.5, noise_multiplier=0.1, tokens=1, rows=r),
         max_rows=10, epsilon=0.01, delta=1e-6, accountant="rdp") == 0
+
+
+def test_the_mechanism_and_the_prompts_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, safesynth.generator.incontext.mechanism, safesynth.generator.incontext.prompt, "
+            "safesynth.generator.incontext; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
