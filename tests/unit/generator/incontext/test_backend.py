@@ -81,6 +81,9 @@ def test_generation_stops_at_the_rows_the_budget_buys(tmp_path, tiny_model):
     assert eps(bought) <= budget * (1 + 1e-9) < eps(bought + 1)
     published = _within_rows(spec, model.rows_available)
     assert published.sampling.rows == bought and published.sampling.shard_rows >= bought
+    from safesynth.sampling import shard_plan
+
+    assert [s.rows for s in shard_plan(published)] == [bought]  # one shard: each bought row published once
     rows = model.sample(bought, seed=0)
     assert rows_valid(rows, spec)
 
