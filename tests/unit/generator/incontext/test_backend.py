@@ -208,3 +208,18 @@ def test_spec_defaults_and_unknown_keys(tmp_path):
     assert default.noise_multiplier is None and default.text_column is None and default.condition_on is None
     with pytest.raises(SpecError, match=r"`generator.batch_size`: unknown key"):
         incontext_spec(tmp_path, "smollm2-135m", batch_size=3)
+
+
+def test_preflight_refuses_a_bad_text_column_before_touching_the_source_or_ledger(tmp_path, tiny_model, monkeypatch):
+    import safesynth.io
+    import safesynth.privacy.ledger
+    from safesynth.preflight import preflight
+
+    touched = []
+    monkeypatch.setattr(safesynth.io, "check_source", lambda spec: touched.append("source"))
+    monkeypatch.setattr(safesynth.privacy.ledger, "preflight_ledger", lambda spec: touched.append("ledger"))
+    with pytest.raises(SpecError, match=r"`generator.text_column` \('sentiment'\) must name a text column"):
+        preflight(incontext_spec(tmp_path, tiny_model, text_column="sentiment"))
+    with pytest.raises(SpecError, match=r"`generator.model` \(missing.gguf\): no such file"):
+        preflight(incontext_spec(tmp_path, "missing.gguf"))
+    assert touched == []
