@@ -15,7 +15,7 @@ from pathlib import Path
 from safesynth.errors import SpecError
 from safesynth.spec import ReleaseSpec
 
-__all__ = ["check_attacks", "check_model", "check_release_id", "check_target", "preflight"]
+__all__ = ["check_attacks", "check_incontext", "check_model", "check_release_id", "check_target", "preflight"]
 
 _RELEASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -76,6 +76,19 @@ def check_model(spec: ReleaseSpec) -> None:
         resolve_model(model, base_dir=spec.base_dir)
 
 
+def check_incontext(spec: ReleaseSpec) -> None:
+    """The in-context generator's text and condition columns exist with the right types, and delta > 0.
+
+    Raises:
+        SpecError: see :func:`safesynth.generator.incontext.prompt.resolve_columns`; or ``privacy.delta`` is 0.
+    """
+    from safesynth.generator.incontext.prompt import resolve_columns
+
+    resolve_columns(spec)
+    if not spec.privacy.delta > 0:
+        raise SpecError("`privacy.delta` (0) must be > 0 for the in-context generator (Gaussian noise)")
+
+
 def preflight(spec: ReleaseSpec) -> None:
     """Every check that needs no private data. Raises SpecError or SourceReadError (exit code 2)."""
     from safesynth.io import check_source
@@ -83,11 +96,13 @@ def preflight(spec: ReleaseSpec) -> None:
 
     spec.source_format  # noqa: B018 - raises SpecError for an unknown extension
     check_attacks(spec)
-    if spec.generator.kind == "llm":  # torch is imported only for the llm generator
+    if spec.generator.kind in ("llm", "incontext"):  # torch is imported only for these generators
         from safesynth.generator.llm.device import resolve_device
 
         resolve_device(spec.generator.device)
         check_model(spec)
+    if spec.generator.kind == "incontext":
+        check_incontext(spec)
     check_source(spec)
     check_target(spec)
     preflight_ledger(spec)

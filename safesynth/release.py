@@ -121,11 +121,15 @@ def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Run
         raise
     finally:
         run("settle-budget", stages.settle, ctx, reservation, status=status)
-    return _published(ctx, published.location)
+    return _published(ctx, published.location, rows=fitted.schema.spec.sampling.rows)
 
 
-def _published(ctx: stages.RunContext, location: str) -> ReleaseOutcome:
-    return _outcome(ctx, "published", f"published {ctx.spec.sampling.rows} rows to {location}", location=location)
+def _published(ctx: stages.RunContext, location: str, *, rows: int | None = None) -> ReleaseOutcome:
+    # ``rows``: what the fitted spec samples (an ``incontext`` generator may have bought fewer than asked).
+    asked = ctx.spec.sampling.rows
+    shown = asked if rows is None else rows
+    bought = "" if shown >= asked else f" (the generator's budget bought {shown} of the {asked} asked for)"
+    return _outcome(ctx, "published", f"published {shown} rows{bought} to {location}", location=location)
 
 
 def _outcome(ctx: stages.RunContext, status: str, message: str, *, location: str | None = None,

@@ -414,7 +414,26 @@ def fit(ctx: RunContext, train_path: Path, *, noise: NoiseSource | None = None) 
     model.save(model_dir)
     log.info("fitted %s generator with DP: epsilon %.4g (%s), delta %.3g", spec.generator.kind, account.epsilon,
              account.accountant, account.delta)
+    available = getattr(model, "rows_available", None)
+    if available is not None:
+        schema = ResolvedSpec(_within_rows(spec, int(available)))
     return Fitted(model_dir=model_dir, schema=schema)
+
+
+def _within_rows(spec: ReleaseSpec, available: int) -> ReleaseSpec:
+    """The spec sampling ``min(sampling.rows, available)`` rows in one shard (a generator with a fixed pool).
+
+    A generator that makes its rows while fitting (``incontext``) bought ``available`` rows, a DP output;
+    sampling more would repeat them. One shard publishes each pooled row once.
+    """
+    rows = min(spec.sampling.rows, available)
+    if rows < 1:
+        raise InternalError("a generator with a fixed pool returned no rows")
+    if rows < spec.sampling.rows:
+        log.info("the generator's budget bought %d of the %d rows asked for: publishing %d", available,
+                 spec.sampling.rows, rows)
+    sampling = spec.sampling.model_copy(update={"rows": rows, "shard_rows": max(rows, spec.sampling.shard_rows)})
+    return spec.model_copy(update={"sampling": sampling})
 
 
 def _release_repairs(ctx: RunContext, plan: BudgetPlan, touched: np.ndarray, validated: np.ndarray | None, *,

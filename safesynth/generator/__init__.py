@@ -8,7 +8,7 @@ __all__ = ["FittedGenerator", "GeneratorBackend", "get_backend"]
 
 
 def get_backend(kind: str) -> GeneratorBackend:
-    """The backend for ``generator.kind``; heavy imports (torch) happen only for ``llm``."""
+    """The backend for ``generator.kind``; heavy imports (torch) happen only for ``llm`` and ``incontext``."""
     if kind == "marginals":
         from safesynth.generator.marginals import MarginalsBackend
 
@@ -17,4 +17,8 @@ def get_backend(kind: str) -> GeneratorBackend:
         from safesynth.generator.llm import LLMBackend
 
         return LLMBackend()
-    raise ValueError(f"`generator.kind` ({kind!r}) must be 'marginals' or 'llm'")
+    if kind == "incontext":
+        from safesynth.generator.incontext.backend import InContextBackend
+
+        return InContextBackend()
+    raise ValueError(f"`generator.kind` ({kind!r}) must be 'marginals', 'llm' or 'incontext'")

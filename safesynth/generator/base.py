@@ -4,6 +4,10 @@ A generator is fitted on the *training* rows (the holdout is never passed in), s
 budget the plan gives its stages (``plan.stage("generator")``, and ``"condition"`` when it conditions on a
 noisy histogram), records every spend in the release account, and returns a fitted model that can be
 saved, loaded in another process (a Dask worker), and sampled per shard.
+
+A generator that makes its rows while fitting (``incontext``: generating reads private examples) also has
+``rows_available``, the rows its budget bought (a DP output); the fit stage then publishes
+``min(sampling.rows, rows_available)`` rows, each once. The other generators sample any number of rows.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from safesynth.spec import LLMGeneratorSpec, ReleaseSpec
+from safesynth.spec import InContextGeneratorSpec, LLMGeneratorSpec, ReleaseSpec
 
 __all__ = ["BudgetPlan", "StageBudget", "plan_budget"]
 
@@ -58,9 +58,9 @@ class BudgetPlan:
 def plan_budget(spec: ReleaseSpec) -> BudgetPlan:
     """Allocate the spec's budget to stages. Pure function of the spec: reads no data.
 
-    Stages: ``discovery`` (only when a domain is undeclared), ``condition`` (an LLM conditioned on a
-    noisy histogram), ``repairs`` (the noisy count of repaired or dropped records; by default
-    ``DEFAULT_REPAIRS_FRACTION``, or what an explicit ``generator`` share leaves, at most that),
+    Stages: ``discovery`` (only when a domain is undeclared), ``condition`` (the noisy histogram an llm or
+    incontext generator conditions on, ``condition_on``), ``repairs`` (the noisy count of repaired or dropped
+    records; by default ``DEFAULT_REPAIRS_FRACTION``, or what an explicit ``generator`` share leaves, at most that),
     ``generator`` (the rest), ``audit`` (the DP membership audit that gates publication,
     ``privacy.allocation.audit``, default 0.1, taken out of the generator's default share).
     """
@@ -69,7 +69,8 @@ def plan_budget(spec: ReleaseSpec) -> BudgetPlan:
     fractions: dict[str, float] = {}
     if any(not col.bounded for col in spec.columns.values()):
         fractions["discovery"] = alloc.discovery
-    if isinstance(spec.generator, LLMGeneratorSpec) and spec.generator.condition_on is not None:
+    gen = spec.generator
+    if isinstance(gen, LLMGeneratorSpec | InContextGeneratorSpec) and gen.condition_on is not None:
         fractions["condition"] = alloc.condition if alloc.condition is not None else DEFAULT_CONDITION_FRACTION
     used = sum(fractions.values()) + alloc.audit
     if alloc.repairs is not None:
