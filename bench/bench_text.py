@@ -70,11 +70,14 @@ GENERATORS: dict[str, dict[str, Any]] = {
     # embedding and head gradients per record do not fit a CPU's memory with hooks).
     "smollm2-lora": {"kind": "llm", "model": "smollm2-135m", "lora": True, "epochs": 1.0, "batch_size": 64,
                      "physical_batch_size": 8, "learning_rate": 1e-3, "grad_sample_mode": "ghost"},
-    # ``prompts``: prompts drawn (each shows ``shots`` real reviews of one ``condition_on`` value to the
-    # public model); the DP mechanism decides how many of them yield a text.
+    # The spec's defaults (32 disjoint prompts of ~2 private reviews of one ``recommended_ind`` value, 48 new
+    # tokens of the top 32): texts are written while fitting and the budget decides how many.
     "incontext": {"kind": "incontext", "model": "smollm2-135m", "text_column": TEXT,
-                  "condition_on": "recommended_ind", "prompts": 200, "shots": 4, "max_new_tokens": 64, "top_k": 50},
+                  "condition_on": "recommended_ind", "prompts": 32, "shots": 2, "max_new_tokens": 48, "top_k": 32},
 }
+#: Rows asked per generator unless ``--rows`` names it: in-context generation costs ~11 s per text on one
+#: CPU thread (a forward pass of prompts + 1 sequences per token), so its default is small.
+DEFAULT_ROWS = {"incontext": 20}
 #: Labels the text classifier predicts: name -> function of a frame (None if a column is missing).
 LABELS = {"recommended": lambda f: f["recommended_ind"].astype(bool) if "recommended_ind" in f else None,
           "rating4": lambda f: f["rating"].astype(float) >= 4 if "rating" in f else None}
@@ -137,7 +140,8 @@ def fit_and_sample(config: dict[str, Any], *, epsilon: float, rows: int, args: a
                                                          noise=OpenDPNoise(), workdir=Path(work))
             fit_s = time.perf_counter() - start
             start = time.perf_counter()
-            synthetic = fitted.sample(rows, seed=0)
+            # A generator that writes its rows while fitting publishes at most the rows its budget bought.
+            synthetic = fitted.sample(min(rows, getattr(fitted, "rows_available", rows)), seed=0)
             sample_s = time.perf_counter() - start
     except SafeSynthError as exc:
         # Refused before the first spend: a configuration the installed code does not support.
@@ -150,8 +154,16 @@ def fit_and_sample(config: dict[str, Any], *, epsilon: float, rows: int, args: a
             "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
 
 
+def rows_for(name: str, items: list[str]) -> int:
+    """``--rows``: ``N`` for every generator, ``NAME=N`` for one (wins); default 2,000, incontext 20."""
+    named = [int(i.partition("=")[2]) for i in items if i.partition("=")[0] == name]
+    plain = [int(i) for i in items if "=" not in i]
+    return named[-1] if named else plain[-1] if plain else DEFAULT_ROWS.get(name, 2000)
+
+
 def run_child(name: str, epsilon: float, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--one", "--generators", name, "--eps", str(epsilon), "--rows", str(args.rows),
+    cmd = [sys.executable, __file__, "--one", "--generators", name, "--eps", str(epsilon), "--rows",
+           str(rows_for(name, args.rows)),
            "--train-rows", str(args.train_rows), "--test-rows", str(args.test_rows), "--max-length",
            str(args.max_length), "--out", str(out), *sum((["--set", s] for s in args.set), [])]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
@@ -233,7 +245,8 @@ def _one(args: argparse.Namespace) -> None:
     name = args.generators[0]
     config = generator_config(name, _parse_overrides(args.set))
     try:
-        result = fit_and_sample(config, epsilon=args.eps[0], rows=args.rows, args=args, out=Path(args.out))
+        result = fit_and_sample(config, epsilon=args.eps[0], rows=rows_for(name, args.rows), args=args,
+                                out=Path(args.out))
     except Exception as exc:  # noqa: BLE001 - reported as a failed run; the parent goes on
         traceback.print_exc()
         result = {"status": "failed", "reason": f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
@@ -251,7 +264,8 @@ def main() -> None:
     parser.add_argument("--generators", nargs="+", default=["scratch"], choices=sorted(GENERATORS))
     parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 4.0])
     parser.add_argument("--set", action="append", default=[], help="generator override NAME.KEY=JSON")
-    parser.add_argument("--rows", type=int, default=2000, help="rows to sample (a generator may return fewer)")
+    parser.add_argument("--rows", nargs="+", default=[], help="rows to sample: N for all and/or NAME=N (default "
+                        "2000, incontext 20); a generator that writes rows while fitting may return fewer")
     parser.add_argument("--train-rows", type=int, default=2000, help="real training rows the generators fit")
     parser.add_argument("--test-rows", type=int, default=2000, help="real test rows (TSTR, reference metrics)")
     parser.add_argument("--max-length", type=int, default=200, help="review_text max_length (characters)")
@@ -303,7 +317,7 @@ def main() -> None:
             print(table(rows[-1:], COLUMNS), flush=True)
     print(table(rows, COLUMNS))
     payload = {"rows": rows, "delta": DELTA, "seed": 0, "train_rows": len(train), "test_rows": len(test),
-               "max_length": args.max_length, "rows_asked": args.rows, "perplexity_model": "smollm2-135m",
+               "max_length": args.max_length, "rows_asked": {n: rows_for(n, args.rows) for n in args.generators}, "perplexity_model": "smollm2-135m",
                "perplexity_texts": args.perplexity_texts, "perplexity_note": evaluator.ppl_note,
                "load_avg_before": load_before, "load_avg_after": [round(x, 2) for x in os.getloadavg()],
                "torch_threads": os.environ.get("SAFESYNTH_TORCH_THREADS"), "numpy": np.__version__}
