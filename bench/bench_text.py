@@ -256,7 +256,7 @@ def _one(args: argparse.Namespace) -> None:
 COLUMNS = ["generator", "eps_target", "eps_spent", "status", "rows_generated", "texts", "tstr_recommended_auc", "trtr_recommended_auc",
            "tstr_rating4_auc", "trtr_rating4_auc", "word_overlap", "type_overlap", "coverage_top", "chars_q50",
            "words_q50", "ppl_median", "verbatim", "shared_shingle", "near_copy", "similarity_q90", "fit_s",
-           "sample_s", "sample_ms_per_token", "sample_ms_per_byte", "peak_rss_gb"]
+           "sample_s", "sample_ms_per_token", "sample_ms_per_byte", "total_ms_per_token", "peak_rss_gb"]
 
 
 def main() -> None:
