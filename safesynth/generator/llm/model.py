@@ -22,6 +22,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -173,9 +174,10 @@ def extend_language_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     Raises:
         GeneratorError: ``lora`` is asked without ``peft``.
     """
-    first_new = embedding_rows(model.get_input_embeddings())
+    first_new = min(len(tokenizer), embedding_rows(model.get_input_embeddings()))
     vocab = tokenizer.get_vocab()
     missing = [s for s in symbols if s not in vocab]
+    readings = _readings(tokenizer, missing)
     if missing:
         tokenizer.add_tokens(missing)
     with torch.random.fork_rng(devices=[]):
@@ -183,10 +185,58 @@ def extend_language_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
         if len(tokenizer) > embedding_rows(model.get_input_embeddings()):
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         _untie(model)
+    new_ids = tokenizer.convert_tokens_to_ids(missing)
+    _init_rows(model, new_ids if isinstance(new_ids, list) else [new_ids], readings)
     ids = tokenizer.convert_tokens_to_ids(list(symbols))
     if lora:
         model = _with_lora(model, first_new=first_new)
     return LanguageModel(model=model.eval(), tokenizer=tokenizer, model_ids=torch.tensor(ids, dtype=torch.long))
+
+
+def _readings(tokenizer: PreTrainedTokenizerBase, symbols: list[str]) -> list[list[int]]:
+    """Each new symbol's meaning in the model's own tokens (public: from the spec's names and labels).
+
+    ``<eot>`` reads as the model's end-of-sequence token, ``<d07>`` as ``07``, ``<col:age>`` as ``age``,
+    ``<dept=Tops>`` as ``Tops``, ``<null>`` as ``null``; ``<pad>`` and bytes read as nothing.
+    """
+    eos = tokenizer.eos_token_id
+    texts: list[str] = []
+    for symbol in symbols:
+        inner = symbol[1:-1] if symbol.startswith("<") and symbol.endswith(">") else ""
+        if inner.startswith("col:"):
+            texts.append(inner[4:])
+        elif "=" in inner:
+            texts.append(inner.split("=", 1)[1])
+        elif inner in ("null",) or (len(inner) == 3 and inner[0] == "d" and inner[1:].isdigit()):
+            texts.append(inner.lstrip("d"))
+        else:
+            texts.append("")
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    out = [list(i) for i in ids]
+    for k, symbol in enumerate(symbols):
+        if symbol == "<eot>" and isinstance(eos, int):
+            out[k] = [eos]
+    return out
+
+
+@torch.no_grad()
+def _init_rows(model: PreTrainedModel, ids: list[int], readings: list[list[int]]) -> None:
+    """Start each new token's embedding and output rows at the mean of its reading's rows (when it has one).
+
+    A new token then begins close to what it means (``<eot>`` ends a text as the model's EOS ends a message),
+    so the few steps DP-SGD can afford go to the table, not to learning the new tokens from random rows.
+    """
+    embed, head = getattr(model.get_input_embeddings(), "weight", None), getattr(model.get_output_embeddings(),
+                                                                                  "weight", None)
+    if not isinstance(embed, torch.Tensor):
+        return
+    for row, reading in zip(ids, readings, strict=True):
+        known = [i for i in reading if i < row]
+        if not known:
+            continue
+        embed[row] = embed[known].mean(0)
+        if isinstance(head, torch.Tensor) and head is not embed:
+            head[row] = head[known].mean(0)
 
 
 def _untie(model: PreTrainedModel) -> None:
@@ -204,6 +254,10 @@ class NewRowsEmbedding(nn.Module):
 
     The pretrained rows stay frozen in ``base``; Opacus sees one small embedding it has a per-sample rule for.
     """
+
+    base: nn.Embedding
+    new: nn.Embedding
+    first: int
 
     def __init__(self, base: nn.Embedding, first: int) -> None:
         super().__init__()
@@ -226,6 +280,10 @@ class NewRowsEmbedding(nn.Module):
 
 class NewRowsHead(nn.Module):
     """An output layer whose rows from ``first`` on are a separate, trainable ``nn.Linear`` (no bias)."""
+
+    base: nn.Linear
+    new: nn.Linear
+    first: int
 
     def __init__(self, base: nn.Linear, first: int) -> None:
         super().__init__()
@@ -256,8 +314,8 @@ def _with_lora(model: PreTrainedModel, *, first_new: int) -> PreTrainedModel:
     with warnings.catch_warnings():
         # peft 0.21 still calls a transformers 5 deprecated alias; nothing we can change.
         warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*deprecated", FutureWarning)
-        # peft is untyped; a PeftModel forwards PreTrainedModel's attributes to the model it wraps.
-        wrapped: PreTrainedModel = get_peft_model(model, config)
+        # A PeftModel forwards PreTrainedModel's attributes to the model it wraps.
+        wrapped = cast(PreTrainedModel, get_peft_model(model, config))
     # The added tokens' rows must be learned too; peft's modules_to_save would train (and Opacus clip)
     # the whole vocab x hidden matrices: train only the new rows (frozen by get_peft_model until here).
     embed, head = model.get_input_embeddings(), model.get_output_embeddings()

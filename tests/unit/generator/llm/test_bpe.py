@@ -192,3 +192,18 @@ def test_lora_wraps_only_the_new_rows_for_opacus(tmp_path):
     ids = torch.tensor([[1, 5, vocab, vocab + new_rows - 1]])
     full = torch.cat([model.get_input_embeddings().base.weight[:vocab], model.get_input_embeddings().new.weight])
     assert torch.equal(model.get_input_embeddings()(ids), full[ids])
+
+
+def test_new_tokens_start_from_the_rows_of_what_they_mean(tmp_path):
+    directory = checkpoint(tmp_path / "ckpt")
+    spec = llm_spec(tmp_path, COLUMNS, model="ckpt")
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    model = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    codec = RowCodec.from_spec(spec, context_length=128, names=False, text=TokenizerText(tokenizer))
+    lm = extend_language_model(model, tokenizer, codec.symbols, seed=0)
+    embed, head = lm.model.get_input_embeddings().weight, lm.model.get_output_embeddings().weight
+    eot, eos = int(lm.model_ids[EOT]), tokenizer.eos_token_id
+    assert torch.equal(embed[eot], embed[eos]) and torch.equal(head[eot], head[eos])  # <eot> reads as EOS
+    five = int(lm.model_ids[codec.symbols.index("<rating=5>")])
+    reading = tokenizer("5", add_special_tokens=False).input_ids
+    assert torch.allclose(embed[five], embed[reading].mean(0)) and torch.allclose(head[five], head[reading].mean(0))
