@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--sample-rows", type=int, default=64)
     parser.add_argument("--sample-batch", type=int, default=64)
     parser.add_argument("--epsilon", type=float, default=4.0)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-2)  # the spec default
     args = parser.parse_args()
 
     columns = {**REVIEWS_COLUMNS, "review_text": {**REVIEWS_COLUMNS["review_text"], "max_length": args.max_length}}
