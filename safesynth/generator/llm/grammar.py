@@ -342,6 +342,8 @@ class GrammarLogitsProcessor(LogitsProcessor):
         else:
             self.grammar.advance(self.state, ours[:, -1])
         allowed = self.grammar.mask(self.state, self.order)
-        out = torch.full_like(scores, float("-inf"))
-        out[:, self.model_ids] = scores[:, self.model_ids].masked_fill(~allowed, float("-inf"))
-        return out
+        # A model id may stand for two codec ids (a pretrained <eos> is also in its BPE block): allowed if
+        # either is, so the mask is summed into model ids rather than assigned.
+        votes = torch.zeros(scores.shape, dtype=torch.long, device=scores.device)
+        votes.index_add_(1, self.model_ids.to(scores.device), allowed.long())
+        return scores.masked_fill(votes == 0, float("-inf"))

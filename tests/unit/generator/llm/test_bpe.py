@@ -20,7 +20,7 @@ from safesynth.generator.llm import LLMBackend
 from safesynth.generator.llm.encoding import BOS, BYTE0, EOS, EOT, NULL, RowCodec, TextCodec
 from safesynth.generator.llm.grammar import SEP, Grammar
 from safesynth.generator.llm.model import NewRowsEmbedding, NewRowsHead, TokenizerText, extend_language_model
-from safesynth.generator.llm.sampling import sample_tokens
+from safesynth.generator.llm.sampling import sample_tokens, sample_tokens_generate
 from safesynth.privacy.accountant import ReleaseAccount
 from safesynth.privacy.noise import SeededNoise
 from safesynth.privacy.planner import plan_budget
@@ -141,6 +141,25 @@ def test_sampled_rows_of_an_untrained_model_are_valid_and_decode_within_max_leng
     assert rows_valid(frame, spec)
     lengths = frame["review"].dropna().str.len()
     assert lengths.max() <= 12 and lengths.mean() > 1  # an untrained model rarely ends a text early
+
+
+def test_generate_baseline_reads_the_models_own_bos_and_eos_as_ours(tmp_path):
+    directory = checkpoint(tmp_path / "ckpt")
+    spec = llm_spec(tmp_path, COLUMNS, model="ckpt", context_length=64)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    model = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    codec = RowCodec.from_spec(spec, context_length=64, names=False, text=TokenizerText(tokenizer))
+    lm = extend_language_model(model, tokenizer, codec.symbols, seed=0)
+    tokens = sample_tokens_generate(lm, Grammar(codec), prompts=torch.full((8, 1), BOS), order=torch.tensor([EOS]),
+                                    temperature=1.0, seed=0)
+    assert rows_valid(codec.decode(tokens.tolist(), spec), spec)
+
+
+def test_full_fine_tuning_of_a_bpe_model_samples_valid_rows(tmp_path):
+    checkpoint(tmp_path / "ckpt")
+    spec = llm_spec(tmp_path, COLUMNS, model="ckpt", context_length=64, epochs=1.0, batch_size=16)
+    model, _ = _fit(spec, reviews(32), tmp_path)
+    assert model.codec.text is not None and rows_valid(model.sample(20, seed=0), spec)
 
 
 def _fit(spec, frame, tmp_path):
