@@ -250,3 +250,15 @@ def test_smollm2_tokenizer_round_trips_review_texts_under_the_cap(tmp_path):
     cells = review.encode(pd.Series(values, dtype="str"))
     assert [review.decode(c) for c in cells] == [*values[:2], "ok"]
     assert len(cells[0]) - 1 < 20  # 40 characters (40 bytes), 17 tokens
+
+
+def test_preflight_refuses_lora_without_peft_before_the_reservation(tmp_path, monkeypatch):
+    from safesynth.errors import SpecError
+    from safesynth.preflight import check_model
+
+    checkpoint(tmp_path / "ckpt")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(SpecError, match=r"`generator.lora` \(true\) needs the optional package `peft`"):
+        check_model(llm_spec(tmp_path, COLUMNS, model="ckpt", lora=True))
+    check_model(llm_spec(tmp_path, COLUMNS, model="ckpt"))
