@@ -262,7 +262,7 @@ class FittedLLM:
         self.lm.model.save_pretrained(directory)
         self.lm.tokenizer.save_pretrained(directory)
         meta = {"format": _FORMAT, "kind": self.kind, "symbols": list(self.codec.symbols), "names": self.codec.names,
-                "text": "bpe" if self.codec.text is not None else "bytes",
+                "text": "bpe" if self.codec.text is not None else "bytes" if self.codec.has_text else "none",
                 "model_ids": self.lm.model_ids.tolist(), "order": list(self.order), "privacy": self.privacy,
                 "condition": None if self.condition is None else {
                     "column": self.condition.column, "tokens": list(self.condition.tokens),

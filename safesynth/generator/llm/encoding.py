@@ -380,6 +380,10 @@ class RowCodec:
     def vocab_size(self) -> int:
         return len(self.symbols)
 
+    @property
+    def has_text(self) -> bool:
+        return any(isinstance(c, TextCodec) for c in self.columns)
+
     def index(self, name: str) -> int:
         return [c.name for c in self.columns].index(name)
 

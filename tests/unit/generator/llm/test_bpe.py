@@ -7,6 +7,7 @@ the test; no download. The real SmolLM2 tokenizer is exercised by the slow test 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,7 @@ def test_lora_fine_tuning_trains_adapters_and_new_rows_only_and_saves_a_plain_mo
     assert not torch.equal(layer, trained)  # the LoRA update is merged in
     assert rows_valid(model.sample(30, seed=0), spec)
     model.save(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "safesynth_llm.json").read_text())["text"] == "bpe"
     again = LLMBackend().load(tmp_path / "saved", spec=spec)
     pd.testing.assert_frame_equal(again.sample(20, seed=3), model.sample(20, seed=3))
 
