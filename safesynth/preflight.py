@@ -8,6 +8,7 @@ failures of the data itself.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -74,6 +75,9 @@ def check_model(spec: ReleaseSpec) -> None:
         from safesynth.generator.llm.pretrained import resolve_model
 
         resolve_model(model, base_dir=spec.base_dir)
+        if getattr(spec.generator, "lora", False) and importlib.util.find_spec("peft") is None:
+            raise SpecError("`generator.lora` (true) needs the optional package `peft`: pip install peft==0.21.2 "
+                            "(or set lora: false)")
 
 
 def check_incontext(spec: ReleaseSpec) -> None:

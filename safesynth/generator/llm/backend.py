@@ -33,13 +33,14 @@ from safesynth.generator.llm.encoding import BOS, EOS, NULL, CategoryCodec, RowC
 from safesynth.generator.llm.grammar import Grammar
 from safesynth.generator.llm.model import (
     LanguageModel,
+    TokenizerText,
     build_language_model,
-    load_language_model,
+    extend_language_model,
     merged,
     model_device,
     torch_threads,
 )
-from safesynth.generator.llm.pretrained import resolve_model
+from safesynth.generator.llm.pretrained import load_pretrained, resolve_model
 from safesynth.generator.llm.sampling import sample_tokens
 from safesynth.generator.llm.training import (
     COUNT_FRACTION,
@@ -157,8 +158,14 @@ class LLMBackend:
             Add/remove one record throughout.
         """
         gen = _gen(spec)
+        # Everything that can fail without spending (model, encoding) comes before the first release.
+        pretrained = None
+        if gen.model is not None:  # its own tokenizer writes the text cells, so it comes before the codec
+            source = resolve_model(gen.model, base_dir=spec.base_dir)  # preflight already ran it: cheap
+            pretrained = load_pretrained(source, dtype=torch.float32)
         # A fixed column order makes column-name tokens redundant: leave them out (~40 % fewer tokens).
-        codec = RowCodec.from_spec(spec, context_length=gen.context_length, names=gen.random_column_order)
+        codec = RowCodec.from_spec(spec, context_length=gen.context_length, names=gen.random_column_order,
+                                   text=None if pretrained is None else TokenizerText(pretrained[1]))
         condition_codec = _condition_codec(spec, codec)
         stage = plan.stage("generator")
         if not stage.delta > 0:
@@ -166,12 +173,10 @@ class LLMBackend:
         first = [] if condition_codec is None else [codec.index(condition_codec.name)]
         order = first + [i for i in range(len(codec.columns)) if i not in first]
         grammar = Grammar(codec, order=order)
-        # Everything that can fail without spending (model, encoding) comes before the first release.
-        if gen.model is None:
+        if pretrained is None:
             lm = build_language_model(gen, codec.symbols, seed=spec.sampling.seed)
         else:
-            source = resolve_model(gen.model, base_dir=spec.base_dir)  # preflight already ran it: cheap
-            lm = load_language_model(source, codec.symbols, seed=spec.sampling.seed, lora=gen.lora)
+            lm = extend_language_model(*pretrained, codec.symbols, seed=spec.sampling.seed, lora=gen.lora)
         device = resolve_device(gen.device)
         torch.nn.Module.to(lm.model, device)  # PreTrainedModel.to is typed as a wrapper mypy cannot call
         train = repair_records(train, spec).frame  # records outside the domains: clamped, nulled or dropped
@@ -257,6 +262,7 @@ class FittedLLM:
         self.lm.model.save_pretrained(directory)
         self.lm.tokenizer.save_pretrained(directory)
         meta = {"format": _FORMAT, "kind": self.kind, "symbols": list(self.codec.symbols), "names": self.codec.names,
+                "text": "bpe" if self.codec.text is not None else "bytes" if self.codec.has_text else "none",
                 "model_ids": self.lm.model_ids.tolist(), "order": list(self.order), "privacy": self.privacy,
                 "condition": None if self.condition is None else {
                     "column": self.condition.column, "tokens": list(self.condition.tokens),
@@ -285,13 +291,15 @@ class FittedLLM:
         except (OSError, ValueError) as exc:
             raise GeneratorError(f"{directory}: not a saved llm generator ({exc.__class__.__name__})") from exc
         gen = _gen(spec)
-        codec = RowCodec.from_spec(spec, context_length=gen.context_length, names=bool(meta.get("names", True)))
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        text = TokenizerText(tokenizer) if gen.model is not None else None
+        codec = RowCodec.from_spec(spec, context_length=gen.context_length, names=bool(meta.get("names", True)),
+                                   text=text)
         if meta.get("format") != _FORMAT or tuple(meta["symbols"]) != codec.symbols:
             raise GeneratorError(f"{directory}: the saved generator was trained for a different spec (columns or "
                                  "domains changed); refit it")
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch.float32).eval()
         model.to(resolve_device(gen.device) if device is None else device)
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         lm = LanguageModel(model=model, tokenizer=tokenizer, model_ids=torch.tensor(meta["model_ids"]))
         cond = meta.get("condition")
         condition = None if cond is None else ConditionHistogram(

@@ -255,7 +255,12 @@ class LlamaDecoder:
         for t in range(tokens.shape[1] - 1):
             self._step(tokens[:, t])
         x = self._step(tokens[:, -1])
-        return F.linear(x, self.head if columns is None else self.head.index_select(0, columns))
+        if columns is None:
+            return F.linear(x, self.head)
+        if 2 * len(columns) > len(self.head):
+            # Most of a large vocabulary (a BPE text): gathering the logits beats copying the head's rows.
+            return F.linear(x, self.head).index_select(-1, columns)
+        return F.linear(x, self.head.index_select(0, columns))
 
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         """One position for every row; returns the normalised final hidden state ``[B, hidden]``."""

@@ -13,11 +13,16 @@ can be trained. With a fixed column order the names carry no information and are
   ``10**-precision`` steps for floats and days or seconds for datetimes, clipped to the declared range,
 * text: UTF-8 bytes (``<0x00>`` ... ``<0xFF>``, no merges) then ``<eot>``; at most ``max_length``
   characters and at most :attr:`TextCodec.max_bytes` bytes (whole characters are dropped at the end
-  when a text would not fit ``context_length``),
+  when a text would not fit ``context_length``). With a pretrained model (``text=`` a
+  :class:`TextTokens`, the model's own public BPE tokenizer) a text is instead that tokenizer's tokens,
+  at most :attr:`TextCodec.max_bytes` of them (``<= max_length``: a token holds at least one character
+  of any text that was cut to ``max_length`` first), then ``<eot>``; the BPE tokens sit in one block of
+  the vocabulary (codec id ``BYTE0 + model id``) and ``<bos>``/``<eos>`` are the model's own tokens,
 * ``<null>`` for a missing value of a nullable column.
 
 ``decode(encode(row)) == row`` for every valid row, up to the declared precision/resolution of floats
-and datetimes and the byte budget of texts (see :class:`TextCodec`).
+and datetimes and the byte budget of texts (see :class:`TextCodec`); with BPE, up to the token cap
+(a decoded text is cut to ``max_length`` whole characters).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -43,7 +48,8 @@ from safesynth.spec import (
     TextColumn,
 )
 
-__all__ = ["BASE", "BOS", "EOS", "EOT", "NULL", "PAD", "CategoryCodec", "NumberCodec", "RowCodec", "TextCodec"]
+__all__ = ["BASE", "BOS", "EOS", "EOT", "NULL", "PAD", "CategoryCodec", "NumberCodec", "RowCodec", "TextCodec",
+           "TextTokens"]
 
 PAD, BOS, EOS, NULL, EOT = range(5)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<null>", "<eot>")
@@ -54,6 +60,34 @@ BYTE0 = DIGIT0 + BASE
 _US = {"day": 86_400_000_000, "second": 1_000_000}
 
 Cell = tuple[int, ...]
+
+
+class TextTokens(Protocol):
+    """A pretrained model's own (public) subword tokenizer, as the codec needs it for text cells.
+
+    Token ids ``0 .. size - 1`` are the model's ids; ``specials`` are ids a text never contains
+    (its BOS/EOS/padding and other control tokens).
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def specials(self) -> tuple[int, ...]: ...
+
+    @property
+    def bos(self) -> str | None: ...
+
+    @property
+    def eos(self) -> str | None: ...
+
+    def tokens(self) -> list[str]:
+        """The token strings of ids ``0 .. size - 1`` (they name the codec's text symbols)."""
+        ...
+
+    def encode(self, texts: list[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,15 +195,19 @@ class TextCodec:
     name: str
     nullable: bool
     max_chars: int
-    max_bytes: int
+    max_bytes: int  # with ``bpe``: the most BPE tokens
+    bpe: TextTokens | None = None
 
     @property
     def max_tokens(self) -> int:
         return self.max_bytes + 1
 
     def encode(self, series: pd.Series) -> list[Cell]:
+        values = series.astype(object).where(series.notna(), None).tolist()
+        if self.bpe is not None:
+            return self._encode_bpe(values, self.bpe)
         out: list[Cell] = []
-        for value in series.astype(object).where(series.notna(), None).tolist():
+        for value in values:
             if value is None:
                 out.append((NULL,))
                 continue
@@ -181,9 +219,29 @@ class TextCodec:
             out.append((*(BYTE0 + b for b in data), EOT))
         return out
 
+    def _encode_bpe(self, values: list[Any], bpe: TextTokens) -> list[Cell]:
+        present = [i for i, v in enumerate(values) if v is not None]
+        encoded = iter(bpe.encode([values[i][: self.max_chars] for i in present]))
+        out: list[Cell] = [(NULL,)] * len(values)
+        for i in present:
+            # The same cap as generation: at most max_bytes tokens (whole tokens dropped at the end), and
+            # no character cut in two by the cap (byte-level tokens: up to 3 more tokens dropped).
+            ids = next(encoded)
+            if len(ids) > self.max_bytes:
+                ids = ids[: self.max_bytes]
+                for _ in range(3):
+                    if not (ids and bpe.decode(ids).endswith("\ufffd")):
+                        break
+                    ids = ids[:-1]
+            out[i] = (*(BYTE0 + t for t in ids), EOT)
+        return out
+
     def decode(self, cell: Cell) -> Any:
         if cell[0] == NULL:
             return None
+        if self.bpe is not None:
+            # A cut token may leave a partial character (decoded as U+FFFD); cut to max_length characters.
+            return self.bpe.decode([tok - BYTE0 for tok in cell[:-1]])[: self.max_chars]
         return bytes(tok - BYTE0 for tok in cell[:-1]).decode("utf-8")
 
 
@@ -251,17 +309,27 @@ class RowCodec:
     name_tokens: tuple[int, ...]
     max_length: int
     names: bool = True
+    text: TextTokens | None = None
 
     @classmethod
-    def from_spec(cls, spec: ReleaseSpec, *, context_length: int, names: bool = True) -> RowCodec:
+    def from_spec(cls, spec: ReleaseSpec, *, context_length: int, names: bool = True,
+                  text: TextTokens | None = None) -> RowCodec:
         """Build the codec. Reads only the spec (public); raises SpecError if a row cannot fit.
 
         ``names=False`` leaves the column-name tokens out of sequences (fixed column order only).
+        ``text``: a pretrained model's tokenizer; text cells are its BPE tokens (not bytes), and
+        ``<bos>``/``<eos>`` are its own where it has them.
         """
         column_names = list(spec.columns)
         has_text = any(isinstance(c, TextColumn) for c in spec.columns.values())
-        symbols = [*SPECIALS, *(f"<d{d:02d}>" for d in range(BASE))]
-        if has_text:
+        specials = list(SPECIALS)
+        if text is not None:
+            specials[BOS] = text.bos or specials[BOS]
+            specials[EOS] = text.eos or specials[EOS]
+        symbols = [*specials, *(f"<d{d:02d}>" for d in range(BASE))]
+        if has_text and text is not None:
+            symbols += text.tokens()
+        elif has_text:
             symbols += [f"<0x{b:02X}>" for b in range(256)]
         name_tokens = tuple(range(len(symbols), len(symbols) + len(column_names)))
         symbols += [f"<col:{n}>" for n in column_names]
@@ -299,16 +367,22 @@ class RowCodec:
         for codec in partial:
             if codec is None:
                 name, col = next(text_iter)
-                codec = TextCodec(name=name, nullable=col.nullable, max_chars=col.max_length,
-                                  max_bytes=min(4 * col.max_length, budget))
+                # Bytes: up to 4 per character. BPE: a token holds at least one character of a text.
+                cap = min(4 * col.max_length if text is None else col.max_length, budget)
+                codec = TextCodec(name=name, nullable=col.nullable, max_chars=col.max_length, max_bytes=cap,
+                                  bpe=text)
             columns.append(codec)
         max_length = 2 + sum(int(names) + c.max_tokens for c in columns)
         return cls(symbols=tuple(symbols), columns=tuple(columns), name_tokens=name_tokens, max_length=max_length,
-                   names=names)
+                   names=names, text=text if has_text else None)
 
     @property
     def vocab_size(self) -> int:
         return len(self.symbols)
+
+    @property
+    def has_text(self) -> bool:
+        return any(isinstance(c, TextCodec) for c in self.columns)
 
     def index(self, name: str) -> int:
         return [c.name for c in self.columns].index(name)

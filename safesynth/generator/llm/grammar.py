@@ -5,7 +5,9 @@ name or ``<eos>`` comes next) and a few per column: one for a category; ``(digit
 for a number, where *tight* means "every digit so far equals the upper bound's", so the digits never
 exceed the declared maximum; nine UTF-8 states for a text (start, between characters, and the seven
 continuation states of RFC 3629's well-formed byte sequences). Text length limits are two counters per
-row (characters and bytes of the current text), not states.
+row (characters and bytes of the current text), not states. A BPE text (a codec with a pretrained model's
+tokenizer) has two states (start, inside): any of the tokenizer's non-special tokens or ``<eot>``, with
+the character counter counting tokens up to the column's token cap.
 
 Sampling forces the column order: at ``SEP`` only the next column of ``order`` (or ``<eos>``) is allowed.
 Without column-name tokens (a codec with ``names=False``) the order is built in: finishing a value moves
@@ -129,6 +131,26 @@ def _text(b: _Builder, codec: TextCodec) -> int:
     return start
 
 
+def _bpe_text(b: _Builder, codec: TextCodec, words: np.ndarray) -> int:
+    """Start and inside states of a BPE text: ``words`` (codec ids) until ``<eot>``; the cap is a counter."""
+    start, inside = b.new(text=codec), b.new(text=codec)
+    for src in (start, inside):
+        b.edge(src, [EOT], SEP)
+        b.edge(src, words, inside)
+    b.max_bytes[start] = b.max_bytes[inside] = _NO_LIMIT  # the token cap is max_chars (see Grammar)
+    b.max_chars[start] = b.max_chars[inside] = codec.max_bytes
+    return start
+
+
+def _bpe_words(codec: RowCodec) -> np.ndarray:
+    """Codec ids of the tokenizer's tokens a text may contain (every one but its special tokens)."""
+    if codec.text is None:
+        return np.zeros(0, dtype=np.int64)
+    ok = np.ones(codec.text.size, dtype=bool)
+    ok[list(codec.text.specials)] = False
+    return BYTE0 + np.flatnonzero(ok)
+
+
 def _lead_lengths(vocab: int, has_text: bool) -> np.ndarray:
     out = np.zeros(vocab, dtype=np.int64)
     if has_text:
@@ -150,12 +172,15 @@ class Grammar:
         b.edge(END, [PAD], END)
         b.edge(SEP, [EOS], END)
         starts = []
+        words = _bpe_words(codec)
         for index, (name_token, column) in enumerate(zip(codec.name_tokens, codec.columns, strict=True)):
             b.column = index
             if isinstance(column, CategoryCodec):
                 start = _category(b, column)
             elif isinstance(column, NumberCodec):
                 start = _number(b, column)
+            elif column.bpe is not None:
+                start = _bpe_text(b, column, words)
             else:
                 start = _text(b, column)
             if column.nullable:
@@ -177,11 +202,17 @@ class Grammar:
         self.is_text = torch.tensor(b.text)
         self.max_chars = torch.tensor(b.max_chars)
         self.max_bytes = torch.tensor(b.max_bytes)
-        self.lead_len = torch.from_numpy(_lead_lengths(vocab, has_text))
-        self.is_lead = self.lead_len > 0
         self.is_byte = torch.zeros(vocab, dtype=torch.bool)
-        if has_text:
-            self.is_byte[BYTE0:BYTE0 + 256] = True
+        if codec.text is not None:
+            # BPE: every token of a text counts as one "character" against the column's token cap.
+            self.lead_len = torch.zeros(vocab, dtype=torch.long)
+            self.is_lead = torch.zeros(vocab, dtype=torch.bool)
+            self.is_lead[torch.from_numpy(words)] = True
+        else:
+            self.lead_len = torch.from_numpy(_lead_lengths(vocab, has_text))
+            self.is_lead = self.lead_len > 0
+            if has_text:
+                self.is_byte[BYTE0:BYTE0 + 256] = True
         self.is_name = torch.zeros(vocab, dtype=torch.bool)
         self.is_name[list(codec.name_tokens)] = True
         self.has_text = has_text
@@ -298,6 +329,8 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.model_ids = model_ids
         self.to_ours = torch.full((model_vocab,), PAD, dtype=torch.long)
         self.to_ours[model_ids] = torch.arange(len(model_ids))
+        # With a pretrained tokenizer <bos>/<eos> are also in its BPE block: they read as ours.
+        self.to_ours[model_ids[:BYTE0]] = torch.arange(BYTE0)
         self.state: GrammarState | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
@@ -309,6 +342,8 @@ class GrammarLogitsProcessor(LogitsProcessor):
         else:
             self.grammar.advance(self.state, ours[:, -1])
         allowed = self.grammar.mask(self.state, self.order)
-        out = torch.full_like(scores, float("-inf"))
-        out[:, self.model_ids] = scores[:, self.model_ids].masked_fill(~allowed, float("-inf"))
-        return out
+        # A model id may stand for two codec ids (a pretrained <eos> is also in its BPE block): allowed if
+        # either is, so the mask is summed into model ids rather than assigned.
+        votes = torch.zeros(scores.shape, dtype=torch.long, device=scores.device)
+        votes.index_add_(1, self.model_ids.to(scores.device), allowed.long())
+        return scores.masked_fill(votes == 0, float("-inf"))

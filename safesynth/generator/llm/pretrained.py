@@ -175,4 +175,12 @@ def load_pretrained(source: ModelSource, *, dtype: torch.dtype | None = None
     except (OSError, ValueError, ImportError, KeyError) as exc:
         raise GeneratorError(f"`{_KEY}` ({name}) cannot be loaded offline as a causal LM: "
                              f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    if source.gguf_file is not None:
+        # The weights are dequantised already: forget the GGUF "quantizer", which would refuse to save the
+        # fitted model (and make peft treat it as quantized).
+        setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute by transformers)
+        if "is_quantized" in vars(model):
+            setattr(model, "is_quantized", False)  # noqa: B010
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     return model.eval(), tokenizer

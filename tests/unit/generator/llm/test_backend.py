@@ -236,7 +236,8 @@ def test_saved_metadata_holds_no_row_values(fitted, tmp_path):
     _, model, _ = fitted
     model.save(tmp_path / "gen")
     meta = json.loads((tmp_path / "gen" / "safesynth_llm.json").read_text())
-    assert set(meta) == {"format", "kind", "symbols", "names", "model_ids", "order", "privacy", "condition"}
+    assert set(meta) == {"format", "kind", "symbols", "names", "text", "model_ids", "order", "privacy",
+                         "condition"}
     assert "noisy_rows" not in json.dumps(meta)
 
 
