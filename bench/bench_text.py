@@ -66,10 +66,10 @@ PATH = DATA / "womens_clothing_ecommerce_reviews.csv"
 #: Named generator configurations; ``--set NAME.KEY=JSON`` overrides a field.
 GENERATORS: dict[str, dict[str, Any]] = {
     "scratch": {"kind": "llm"},
-    # CPU-sized: one pass, small logical batches, per-record clipping by ghost norms (a 135M model's full
-    # embedding and head gradients per record do not fit a CPU's memory with hooks).
+    # The CPU settings bench_pretrained.py measured (README "Pretrained LLM"): one pass, small batches, BPE
+    # texts of ~45 tokens in a 128-token context, hooks (LoRA's clipped parameters are small).
     "smollm2-lora": {"kind": "llm", "model": "smollm2-135m", "lora": True, "epochs": 1.0, "batch_size": 64,
-                     "physical_batch_size": 8, "learning_rate": 1e-3, "grad_sample_mode": "ghost"},
+                     "physical_batch_size": 16, "context_length": 128},
     # The spec's defaults (32 disjoint prompts of ~2 private reviews of one ``recommended_ind`` value, 48 new
     # tokens of the top 32): texts are written while fitting and the budget decides how many.
     "incontext": {"kind": "incontext", "model": "smollm2-135m", "text_column": TEXT,
@@ -77,7 +77,9 @@ GENERATORS: dict[str, dict[str, Any]] = {
 }
 #: Rows asked per generator unless ``--rows`` names it: in-context generation costs ~11 s per text on one
 #: CPU thread (a forward pass of prompts + 1 sequences per token), so its default is small.
-DEFAULT_ROWS = {"incontext": 20}
+DEFAULT_ROWS = {"incontext": 20, "smollm2-lora": 64}
+#: ``sampling.batch_size`` per generator (default 512): a batch of 512 smollm2 rows holds a ~5 GB KV cache.
+SAMPLE_BATCH = {"smollm2-lora": 64}
 #: Labels the text classifier predicts: name -> function of a frame (None if a column is missing).
 LABELS = {"recommended": lambda f: f["recommended_ind"].astype(bool) if "recommended_ind" in f else None,
           "rating4": lambda f: f["rating"].astype(float) >= 4 if "rating" in f else None}
@@ -132,6 +134,9 @@ def fit_and_sample(config: dict[str, Any], *, epsilon: float, rows: int, args: a
 
     train, _ = load_split(train_rows=args.train_rows, test_rows=args.test_rows, max_length=args.max_length)
     spec = spec_for(config, epsilon=epsilon, rows=rows, max_length=args.max_length)
+    batch = SAMPLE_BATCH.get(args.generators[0])
+    if batch is not None:
+        spec = spec.model_copy(update={"sampling": spec.sampling.model_copy(update={"batch_size": batch})})
     account = ReleaseAccount(delta=spec.privacy.delta, accountant=spec.privacy.accountant)
     try:
         with tempfile.TemporaryDirectory() as work:
@@ -155,7 +160,7 @@ def fit_and_sample(config: dict[str, Any], *, epsilon: float, rows: int, args: a
 
 
 def rows_for(name: str, items: list[str]) -> int:
-    """``--rows``: ``N`` for every generator, ``NAME=N`` for one (wins); default 2,000, incontext 20."""
+    """``--rows``: ``N`` for every generator, ``NAME=N`` for one (wins); defaults in ``DEFAULT_ROWS``."""
     named = [int(i.partition("=")[2]) for i in items if i.partition("=")[0] == name]
     plain = [int(i) for i in items if "=" not in i]
     return named[-1] if named else plain[-1] if plain else DEFAULT_ROWS.get(name, 2000)
@@ -265,7 +270,7 @@ def main() -> None:
     parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 4.0])
     parser.add_argument("--set", action="append", default=[], help="generator override NAME.KEY=JSON")
     parser.add_argument("--rows", nargs="+", default=[], help="rows to sample: N for all and/or NAME=N (default "
-                        "2000, incontext 20); a generator that writes rows while fitting may return fewer")
+                        "2000, incontext 20, smollm2-lora 64); a generator that writes rows while fitting may return fewer")
     parser.add_argument("--train-rows", type=int, default=2000, help="real training rows the generators fit")
     parser.add_argument("--test-rows", type=int, default=2000, help="real test rows (TSTR, reference metrics)")
     parser.add_argument("--max-length", type=int, default=200, help="review_text max_length (characters)")
