@@ -110,13 +110,17 @@ def unsupported_reason(config: dict[str, Any], *, max_length: int) -> str | None
     """Why the installed code cannot run ``config`` (spec, backend, model), or None. Reads no data."""
     from pydantic import ValidationError
 
+    from safesynth import preflight
     from safesynth.errors import SafeSynthError
-    from safesynth.preflight import check_model
 
     try:
         spec = spec_for(config, epsilon=1.0, rows=1, max_length=max_length)
         get_backend(spec.generator.kind)
-        check_model(spec)
+        checks = ["check_model"] + (["check_incontext"] if spec.generator.kind == "incontext" else [])
+        for name in checks:  # the data-free checks this code has
+            check = getattr(preflight, name, None)
+            if check is not None:
+                check(spec)
     except ValidationError as exc:
         return f"spec rejected: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
     except (SafeSynthError, ValueError, ImportError) as exc:
