@@ -73,7 +73,7 @@ GENERATORS: dict[str, dict[str, Any]] = {
     # The spec's defaults (32 disjoint prompts of ~2 private reviews of one ``recommended_ind`` value, 48 new
     # tokens of the top 32): texts are written while fitting and the budget decides how many.
     "incontext": {"kind": "incontext", "model": "smollm2-135m", "text_column": TEXT,
-                  "condition_on": "recommended_ind", "prompts": 32, "shots": 2, "max_new_tokens": 48, "top_k": 32},
+                  "condition_on": "recommended_ind", "prompts": 32, "shots": 2, "max_new_tokens": 24, "top_k": 32},
 }
 #: Rows asked per generator unless ``--rows`` names it: in-context generation costs ~11 s per text on one
 #: CPU thread (a forward pass of prompts + 1 sequences per token), so its default is small.

@@ -310,8 +310,9 @@ class InContextGeneratorSpec(_Frozen):
                          "token is one forward pass of M + 1 sequences.")
     shots: int = Field(2, ge=1, le=64, description="Expected private examples per prompt (N): the Poisson sample "
                        "rate is prompts x shots / (noisy row count), at most 0.5.")
-    max_new_tokens: int = Field(48, ge=1, le=1024, description="Tokens generated (and charged) per text; the text "
-                                "is also cut at the column's max_length characters.")
+    max_new_tokens: int = Field(24, ge=1, le=1024, description="Tokens generated (and charged) per text; the text "
+                                "is also cut at the column's max_length characters. Every text is charged all of "
+                                "them, so the per-token noise grows with their square root (24: ~100 characters).")
     top_k: int = Field(32, ge=2, le=1024, description="Candidate tokens per step: the top-k of a public prompt "
                        "without private examples (a data-independent set).")
     noise_multiplier: float | None = Field(
