@@ -204,7 +204,7 @@ def test_spec_defaults_and_unknown_keys(tmp_path):
     assert isinstance(gen, InContextGeneratorSpec)
     default = InContextGeneratorSpec(kind="incontext")
     assert (default.model, default.prompts, default.shots, default.max_new_tokens, default.top_k) == (
-        "smollm2-135m", 32, 2, 48, 32)
+        "smollm2-135m", 32, 2, 24, 32)
     assert default.noise_multiplier is None and default.text_column is None and default.condition_on is None
     with pytest.raises(SpecError, match=r"`generator.batch_size`: unknown key"):
         incontext_spec(tmp_path, "smollm2-135m", batch_size=3)
