@@ -173,7 +173,8 @@ class InContextBackend:
             codec = _condition_codec(spec, columns.condition)
             condition, spend = release_condition_histogram(train, codec, spec=spec, plan=plan, noise=noise)
             account.add(spend)
-        others, others_delta = self._fit_others(train, spec, columns, stage, account=account, noise=noise)
+        others, others_delta = self._fit_others(train, spec, columns, stage, account=account, noise=noise,
+                                                 workdir=workdir)
         noisy_rows, count_spend = release_row_count(len(train), epsilon=COUNT_FRACTION * stage.epsilon, noise=noise)
         account.add(replace(count_spend, detail={**count_spend.detail, "purpose": "sets the sample rate"}))
         groups = self._groups(train, columns, codec, condition)
@@ -202,7 +203,8 @@ class InContextBackend:
 
     @staticmethod
     def _fit_others(train: pd.DataFrame, spec: ReleaseSpec, columns: InContextColumns, stage: StageBudget, *,
-                    account: ReleaseAccount, noise: NoiseSource) -> tuple[MarginalsModel | None, float]:
+                    account: ReleaseAccount, noise: NoiseSource,
+                    workdir: Path) -> tuple[MarginalsModel | None, float]:
         if not columns.others:
             return None, 0.0
         delta = OTHERS_FRACTION * stage.delta if spec.privacy.mechanism == "gaussian" else 0.0
@@ -212,7 +214,7 @@ class InContextBackend:
         own = ReleaseAccount(delta=spec.privacy.delta, accountant=spec.privacy.accountant)
         sub_spec = _others_spec(spec, columns.others)
         model = MarginalsBackend().fit(train[list(columns.others)], spec=sub_spec, plan=sub, account=own, noise=noise,
-                                       workdir=Path("."))
+                                       workdir=workdir)
         for spend in own.spends:
             account.add(replace(spend, stage="generator.others", detail={**spend.detail, "columns": len(columns.others)}))
         return model, sum(s.delta for s in own.spends)
