@@ -81,16 +81,20 @@ def check_model(spec: ReleaseSpec) -> None:
 
 
 def check_incontext(spec: ReleaseSpec) -> None:
-    """The in-context generator's text and condition columns exist with the right types, and delta > 0.
+    """The in-context generator's text and condition columns exist with the right types, delta > 0, and an
+    explicit ``noise_multiplier`` buys at least one text.
 
     Raises:
-        SpecError: see :func:`safesynth.generator.incontext.prompt.resolve_columns`; or ``privacy.delta`` is 0.
+        SpecError: see :func:`safesynth.generator.incontext.prompt.resolve_columns`; ``privacy.delta`` is 0;
+            or see :func:`safesynth.generator.incontext.backend.check_buys_a_text`.
     """
+    from safesynth.generator.incontext.backend import check_buys_a_text
     from safesynth.generator.incontext.prompt import resolve_columns
 
     resolve_columns(spec)
     if not spec.privacy.delta > 0:
         raise SpecError("`privacy.delta` (0) must be > 0 for the in-context generator (Gaussian noise)")
+    check_buys_a_text(spec)
 
 
 def preflight(spec: ReleaseSpec) -> None:

@@ -324,6 +324,13 @@ class InContextGeneratorSpec(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the model runs: auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda."
     )
+    distributed: bool = Field(
+        True, description="Decode the texts on the sampling cluster (the default LocalCluster, sampling.scheduler, "
+        "GPU workers with sampling.gpu or device cuda): each worker holds the model and decodes whole texts, the "
+        "driver draws every subsample and adds every noise. The private examples of each text's prompts go to its "
+        "worker, so the workers must be inside the data owner's trust boundary. False: in this process, one text "
+        "at a time."
+    )
 
 
 GeneratorSpec = Annotated[MarginalsGeneratorSpec | LLMGeneratorSpec | InContextGeneratorSpec,

@@ -293,3 +293,46 @@ def test_a_poisoned_shard_fails_the_flow_and_publishes_nothing(fragile_cluster, 
     assert not (tmp_path / "releases").exists() or not any((tmp_path / "releases").rglob("*.parquet"))
     runs = safesynth_home / "runs"
     assert not runs.exists() or not any(runs.rglob("*.parquet"))  # the private parts are gone too
+
+
+# ---------------------------------------------------------------- in-context generation on the cluster
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from tests.unit.generator.incontext.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def test_incontext_texts_are_decoded_on_the_schedulers_workers_with_the_noise_on_the_driver(cluster, tiny_llama,
+                                                                                          tmp_path, caplog):
+    """Two external workers each hold the model; the texts equal the driver's with the same subsamples."""
+    from tests.unit.generator.incontext.conftest import incontext_spec, review_frame
+    from tests.unit.generator.incontext.test_worker import ZeroNoise
+
+    frame = review_frame(60)
+    here = incontext_spec(tmp_path, tiny_llama, rows=5, max_new_tokens=4)
+    there = with_scheduler(incontext_spec(tmp_path, tiny_llama, rows=5, max_new_tokens=4, distributed=True),
+                           cluster)
+
+    def fit(spec, workdir):
+        account = ReleaseAccount(delta=spec.privacy.delta, accountant=spec.privacy.accountant)
+        return get_backend("incontext").fit(frame, spec=spec, plan=plan_budget(spec), account=account,
+                                            noise=ZeroNoise(), workdir=workdir)
+
+    with caplog.at_level("INFO", logger="safesynth"):
+        remote = fit(there, tmp_path / "there")
+    assert any(f"in-context DP generation on {cluster}: 2 workers" in r.getMessage() for r in caplog.records)
+    assert remote.pool == fit(here, tmp_path / "here").pool
+
+
+def test_incontext_asking_for_gpu_workers_on_a_cpu_cluster_fails_before_any_spend(cluster, tiny_llama, tmp_path):
+    from tests.unit.generator.incontext.conftest import incontext_spec, review_frame
+
+    spec = with_scheduler(incontext_spec(tmp_path, tiny_llama, rows=2, distributed=True), cluster, gpu=True)
+    account = ReleaseAccount(delta=spec.privacy.delta, accountant=spec.privacy.accountant)
+    with pytest.raises(ClusterError, match="advertises a GPU"):
+        get_backend("incontext").fit(review_frame(20), spec=spec, plan=plan_budget(spec), account=account,
+                                     noise=SeededNoise(0), workdir=tmp_path)
+    assert account.spends == []

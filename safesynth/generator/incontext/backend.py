@@ -1,8 +1,10 @@
 """`generator: {kind: incontext}`: training-free DP text generation with a pretrained LM, in context.
 
 Tang et al., ICLR 2024 (arXiv 2309.11765), once-per-row variant (:mod:`.mechanism`). The texts are generated
-in :meth:`InContextBackend.fit`, on the driver, because generating reads private examples; the fitted
-generator holds the generated rows (a DP output) and sampling draws from that pool.
+in :meth:`InContextBackend.fit`, because generating reads private examples: decoded on the sampling cluster's
+workers (``generator.distributed``, the default; :mod:`.worker`) or in this process, with every subsample
+drawn and every noise added here, on the driver. The fitted generator holds the generated rows (a DP
+output) and sampling draws from that pool.
 
 Columns: the text column is generated in context; the ``condition_on`` column (if any) is drawn from a noisy
 histogram and each text is generated from private examples of its value only; every other column is drawn
@@ -43,24 +45,27 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from safesynth.errors import GeneratorError, InternalError, SpecError
-from safesynth.generator.incontext.decoder import TextDecoder
 from safesynth.generator.incontext.mechanism import (
+    MAX_SAMPLE_RATE,
     SENSITIVITY,
     GenerationPlan,
     plan_generation,
-    poisson_partition,
+    row_event,
     sample_rate_for,
 )
-from safesynth.generator.incontext.prompt import InContextColumns, example_line, prompt_ids, resolve_columns
+from safesynth.generator.incontext.prompt import (
+    InContextColumns,
+    example_line,
+    prompt_label,
+    prompt_labels,
+    resolve_columns,
+)
+from safesynth.generator.incontext.worker import TextJob, WorkerConfig, generate, open_workers, partition_job
 from safesynth.generator.llm.backend import ConditionHistogram, release_condition_histogram
-from safesynth.generator.llm.device import resolve_device
 from safesynth.generator.llm.encoding import NULL, CategoryCodec
-from safesynth.generator.llm.model import torch_threads
-from safesynth.generator.llm.pretrained import load_pretrained, resolve_model
 from safesynth.generator.llm.training import COUNT_FRACTION, release_row_count
 from safesynth.generator.marginals import MarginalsBackend, MarginalsModel
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon
@@ -77,14 +82,12 @@ from safesynth.spec import (
     TextColumn,
 )
 
-__all__ = ["OTHERS_FRACTION", "FittedInContext", "InContextBackend"]
+__all__ = ["OTHERS_FRACTION", "FittedInContext", "InContextBackend", "check_buys_a_text"]
 
 log = logging.getLogger("safesynth")
 
 #: Share of the generator stage for the histograms of the columns other than the text and the condition.
 OTHERS_FRACTION = 0.1
-#: Longest prompt in tokens (examples past it are dropped, whole, from the end of their prompt).
-MAX_PROMPT_TOKENS = 1024
 _META = "safesynth_incontext.json"
 _FORMAT = 1
 
@@ -137,6 +140,43 @@ class _Groups:
     prompts_label: tuple[str | None, ...]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Prepared:
+    """After every spend: the label groups, the texts planned, the other columns' model, the subsample rng."""
+
+    groups: _Groups
+    schedule: GenerationPlan
+    others: MarginalsModel | None
+    rng: np.random.Generator
+
+
+def check_buys_a_text(spec: ReleaseSpec) -> None:
+    """With an explicit ``noise_multiplier``, the budget must buy one text even at the highest sample rate.
+
+    The sample rate is at most :data:`~.mechanism.MAX_SAMPLE_RATE` and a text costs more at a higher rate,
+    so a spec that passes always buys at least one text; one that fails is refused before any budget is
+    reserved (the default noise multiplier is calibrated to the budget and always buys every text).
+    Reads no data: the plan and the spec only.
+
+    Raises:
+        SpecError: one text at the highest rate costs more than the generation's share of the budget.
+    """
+    gen = _gen(spec)
+    if gen.noise_multiplier is None:
+        return
+    from safesynth.privacy.planner import plan_budget
+
+    stage = plan_budget(spec).stage("generator")
+    others = bool(resolve_columns(spec).others)
+    epsilon = stage.epsilon * (1.0 - COUNT_FRACTION - (OTHERS_FRACTION if others else 0.0))
+    delta = stage.delta - (OTHERS_FRACTION * stage.delta if others and spec.privacy.mechanism == "gaussian" else 0.0)
+    event = row_event(sample_rate=MAX_SAMPLE_RATE, noise_multiplier=gen.noise_multiplier, tokens=gen.max_new_tokens)
+    if compose_epsilon([event], delta=delta, accountant=spec.privacy.accountant) > epsilon:
+        raise SpecError(f"`generator.noise_multiplier` ({gen.noise_multiplier}) is too small for the budget: one "
+                        f"text of {gen.max_new_tokens} tokens would cost more than the generation's epsilon "
+                        f"({epsilon:.3g}); raise it, or leave it unset to calibrate it to the budget")
+
+
 class InContextBackend:
     """Generates texts in context with DP and returns them as :class:`FittedInContext`."""
 
@@ -160,14 +200,28 @@ class InContextBackend:
         text_col = spec.columns[columns.text]
         if not isinstance(text_col, TextColumn):
             raise InternalError("the in-context text column is not a text column")
-        # Everything that can fail without spending (the model) comes before the first release.
-        model, tokenizer = load_pretrained(resolve_model(gen.model, base_dir=spec.base_dir))
-        torch.nn.Module.to(model, resolve_device(gen.device))
-        decoder = TextDecoder(model, tokenizer, top_k=gen.top_k, temperature=gen.temperature,
-                              max_new_tokens=gen.max_new_tokens)
-        max_prompt = min(MAX_PROMPT_TOKENS, int(getattr(model.config, "max_position_embeddings", 2048))
-                         - gen.max_new_tokens)
-        train = repair_records(train, spec).frame
+        config = WorkerConfig(model=gen.model, base_dir=str(spec.base_dir), device=gen.device, top_k=gen.top_k,
+                              temperature=gen.temperature, max_new_tokens=gen.max_new_tokens, column=columns.text,
+                              max_chars=text_col.max_length, labels=prompt_labels(spec, columns))
+        # Everything that can fail without spending (the workers, the model) comes before the first release.
+        with open_workers(spec, config, distributed=gen.distributed, texts=spec.sampling.rows) as workers:
+            train = repair_records(train, spec).frame
+            ready = self._prepare(train, spec, plan, columns, account=account, noise=noise, workdir=workdir)
+            texts = self._generate(train[columns.text], ready, workers, noise=noise, text_col=text_col,
+                                   column=columns.text, prompts=gen.prompts)
+        groups, schedule, others = ready.groups, ready.schedule, ready.others
+        pool = {columns.text: texts}
+        if columns.condition is not None:
+            pool[columns.condition] = [groups.values[g] for g in schedule.labels]
+        spends = [s for s in account.spends if s.stage in ("condition", "generator.others", "generator.count",
+                                                          "generator.incontext")]
+        privacy = {"stages": [s.to_dict() for s in spends]}
+        return FittedInContext(spec=spec, pool=pool, others=others, privacy=privacy)
+
+    def _prepare(self, train: pd.DataFrame, spec: ReleaseSpec, plan: BudgetPlan, columns: InContextColumns, *,
+                 account: ReleaseAccount, noise: NoiseSource, workdir: Path) -> _Prepared:
+        """Spend every stage (the generation's before its first noisy step) and plan the texts."""
+        gen, stage = _gen(spec), plan.stage("generator")
         condition, codec = None, None
         if columns.condition is not None:
             codec = _condition_codec(spec, columns.condition)
@@ -187,19 +241,10 @@ class InContextBackend:
         rng, seeding = subsample_rng(secure=bool(noise.secure), seed=spec.sampling.seed)
         account.add(self._spend(schedule, gen, delta=delta, accountant=plan.accountant, noise=noise,
                                 seeding=seeding))  # committed before the first noisy step
-        if schedule.rows == 0:
-            raise GeneratorError("the generator budget buys no text at `generator.noise_multiplier` "
-                                 f"({gen.noise_multiplier}); raise it or the budget")
-        texts = self._generate(train[columns.text], groups, schedule, decoder, rng=rng, noise=noise,
-                               text_col=text_col, column=columns.text, max_prompt=max_prompt,
-                               prompts=gen.prompts)
-        pool = {columns.text: texts}
-        if columns.condition is not None:
-            pool[columns.condition] = [groups.values[g] for g in schedule.labels]
-        spends = [s for s in account.spends if s.stage in ("condition", "generator.others", "generator.count",
-                                                          "generator.incontext")]
-        privacy = {"stages": [s.to_dict() for s in spends]}
-        return FittedInContext(spec=spec, pool=pool, others=others, privacy=privacy)
+        if schedule.rows == 0:  # check_buys_a_text (preflight) rules this out
+            raise InternalError("the generator budget buys no text at `generator.noise_multiplier` "
+                                f"({gen.noise_multiplier})")
+        return _Prepared(groups=groups, schedule=schedule, others=others, rng=rng)
 
     @staticmethod
     def _fit_others(train: pd.DataFrame, spec: ReleaseSpec, columns: InContextColumns, stage: StageBudget, *,
@@ -233,8 +278,7 @@ class InContextBackend:
             else:
                 members.append(np.flatnonzero((series == value).fillna(False).to_numpy(dtype=bool)))
             values.append(value)
-            shown = "missing" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-            labels.append(f"{columns.condition} is {shown}")
+            labels.append(prompt_label(columns.condition, value))
         return _Groups(members=tuple(members), values=tuple(values), prompts_label=tuple(labels))
 
     @staticmethod
@@ -265,32 +309,24 @@ class InContextBackend:
                     "subsample_rng": seeding, "variant": "subsample once per row (Tang et al. 2024)"})
 
     @staticmethod
-    def _generate(texts: pd.Series, groups: _Groups, schedule: GenerationPlan, decoder: TextDecoder, *,
-                  rng: np.random.Generator, noise: NoiseSource, text_col: TextColumn, column: str,
-                  max_prompt: int, prompts: int) -> list[str | None]:
+    def _generate(texts: pd.Series, ready: _Prepared, workers: list[Any], *, noise: NoiseSource,
+                  text_col: TextColumn, column: str, prompts: int) -> list[str | None]:
+        """Decode the planned texts on ``workers``; each text's subsample is drawn here, in order."""
+        groups, schedule, rng = ready.groups, ready.schedule, ready.rng
         lines = [None if pd.isna(t) else example_line(str(t), column=column, max_length=text_col.max_length)
                  for t in texts.astype(object).tolist()]
-        publics = [prompt_ids([], column=column, label=label, max_tokens=max_prompt, encode=decoder.encode)
-                   for label in groups.prompts_label]
-        if any(len(p) > max_prompt for p in publics):
-            raise GeneratorError(f"the public prompt is longer than {max_prompt} tokens")
-        out: list[str | None] = []
+
+        def job(i: int) -> TextJob:
+            group = schedule.labels[i]
+            return partition_job(lines, groups.members[group], sample_rate=schedule.sample_rates[group],
+                                 prompts=prompts, rng=rng, label=groups.prompts_label[group])
+
         log.info("in-context DP generation: %d texts of up to %d tokens, %d prompts each (noise multiplier %.3g)",
                  schedule.rows, schedule.tokens, prompts, schedule.noise_multiplier)
-        with torch_threads(), _progress(schedule.rows) as bar:
-            for group in schedule.labels:
-                members = groups.members[group]
-                parts = poisson_partition(len(members), sample_rate=schedule.sample_rates[group],
-                                          prompts=prompts, rng=rng)
-                private = [prompt_ids([line for j in part if (line := lines[int(members[j])]) is not None],
-                                      column=column, label=groups.prompts_label[group], max_tokens=max_prompt,
-                                      encode=decoder.encode) for part in parts]
-                text = decoder.decode(publics[group], private, noise_multiplier=schedule.noise_multiplier,
-                                      noise=noise, max_chars=text_col.max_length)
-                out.append(text if text else (None if text_col.nullable else "."))
-                bar.update(1)
-        return out
-
+        with _progress(schedule.rows) as bar:
+            out = generate(job, schedule.rows, workers, noise_multiplier=schedule.noise_multiplier, noise=noise,
+                           on_text=lambda: bar.update(1))
+        return [text if text else (None if text_col.nullable else ".") for text in out]
 
     def load(self, directory: Path, *, spec: ReleaseSpec) -> FittedInContext:
         """Load a generator saved by :meth:`FittedInContext.save`."""

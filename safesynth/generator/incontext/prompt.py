@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from safesynth.errors import SpecError
 from safesynth.spec import BooleanColumn, CategoricalColumn, InContextGeneratorSpec, ReleaseSpec, TextColumn
 
-__all__ = ["InContextColumns", "example_line", "prompt_ids", "prompt_text", "resolve_columns"]
+__all__ = ["InContextColumns", "example_line", "prompt_ids", "prompt_label", "prompt_labels", "prompt_text",
+           "resolve_columns"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +56,24 @@ def resolve_columns(spec: ReleaseSpec) -> InContextColumns:
             raise SpecError(f"`generator.condition_on` ({condition!r}) must name a categorical or boolean column")
     others = tuple(name for name in spec.columns if name not in (text, condition))
     return InContextColumns(text=text, condition=condition, others=others)
+
+
+def prompt_label(column: str, value: object) -> str:
+    """How a prompt names its label group: ``<column> is <value>`` (``missing`` for null, booleans lower case)."""
+    shown = "missing" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return f"{column} is {shown}"
+
+
+def prompt_labels(spec: ReleaseSpec, columns: InContextColumns) -> tuple[str | None, ...]:
+    """Every label a prompt can name, from the declared domain of the condition column (None: no condition)."""
+    if columns.condition is None:
+        return (None,)
+    col = spec.columns[columns.condition]
+    values: list[object] = [False, True] if isinstance(col, BooleanColumn) else list(
+        col.categories or ()) if isinstance(col, CategoricalColumn) else []
+    if col.nullable:
+        values.append(None)
+    return tuple(prompt_label(columns.condition, v) for v in values)
 
 
 def example_line(text: str, *, column: str, max_length: int) -> str:

@@ -28,7 +28,7 @@ def tiny_model(tmp_path_factory) -> Path:
 def incontext_spec(tmp_path: Path, model: Path | str, columns: dict[str, Any] | None = None, *, rows: int = 6,
                    epsilon: float = 4.0, delta: float = 1e-5, **generator: Any) -> ReleaseSpec:
     gen = {"kind": "incontext", "model": str(model), "prompts": 4, "shots": 2, "max_new_tokens": 6, "top_k": 8,
-           "device": "cpu", **generator}
+           "device": "cpu", "distributed": False, **generator}
     return parse_spec({
         "dataset": "unit-incontext", "source": "data.csv", "columns": columns or REVIEWS,
         "privacy": {"epsilon": epsilon, "delta": delta, "lifetime_epsilon": 100.0},

@@ -223,3 +223,24 @@ def test_preflight_refuses_a_bad_text_column_before_touching_the_source_or_ledge
     with pytest.raises(SpecError, match=r"`generator.model` \(missing.gguf\): no such file"):
         preflight(incontext_spec(tmp_path, "missing.gguf"))
     assert touched == []
+
+
+def test_an_explicit_noise_multiplier_that_buys_no_text_is_refused_before_any_budget(tmp_path, tiny_model):
+    """Preflight passes exactly when one text fits at the highest sample rate, so a passing spec buys >= 1."""
+    def spec(sigma):
+        return incontext_spec(tmp_path, tiny_model, rows=3, epsilon=1.0, noise_multiplier=sigma, max_new_tokens=4)
+
+    with pytest.raises(SpecError, match=r"`generator.noise_multiplier` \(0.05\) is too small for the budget"):
+        check_incontext(spec(0.05))
+    lo, hi = 0.05, 50.0  # refused at lo, accepted at hi: bisect to the edge
+    check_incontext(spec(hi))
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        try:
+            check_incontext(spec(mid))
+            hi = mid
+        except SpecError:
+            lo = mid
+    model, account, _ = fit(spec(hi), review_frame(30), tmp_path)
+    assert model.rows_available >= 1  # at whatever rate the noisy count gave (<= 0.5)
+    assert {s.stage: s for s in account.spends}["generator.incontext"].detail["sample_rate"] <= 0.5
