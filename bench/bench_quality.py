@@ -1,6 +1,6 @@
 """Quality (and end-to-end time/memory) of the generators on the shared datasets.
 
-adult: 80/20 split; for each epsilon and generator (marginals, llm): fit on the 80 %, sample as many rows,
+adult: 80/20 split; for each epsilon and generator (marginals, llm, aim, mst): fit on the 80 %, sample as many rows,
 then 1-way / 2-way marginal TVD against the training rows, and TSTR (HistGradientBoosting trained on the
 synthetic rows, tested on the real 20 % holdout, target ``income``) next to TRTR.
 reviews: the llm with its text column: length distribution, vocabulary overlap, verbatim copies.
@@ -10,6 +10,9 @@ Every (dataset, generator, epsilon) runs in its own process so peak memory is pe
     .venv/bin/python bench/bench_quality.py                      # adult, eps 1 and 4, both generators
     .venv/bin/python bench/bench_quality.py --eps 4 --backends llm --set epochs=2 --set batch_size=512
     .venv/bin/python bench/bench_quality.py --dataset reviews --eps 4
+    .venv/bin/python bench/bench_quality.py --eps 4 --backends mst aim --rows 2000 --set rounds=8   # a smoke run
+
+The full Adult AIM run takes ~11 min and ~5 GB; ``--rows`` fits on the first N training rows only.
 """
 
 from __future__ import annotations
@@ -44,10 +47,13 @@ from common import (  # noqa: E402
 DELTA = 1e-5
 REVIEW_ROWS = 2000  # generated reviews per run (long sequences: sampling them all would take minutes)
 TEMPERATURES: list[float] = []
+TRAIN_ROWS: list[int] = []  # --rows: fit on the first N training rows (smoke runs)
+#: Generators whose spec takes the --set overrides.
+CONFIGURABLE = ("llm", "aim", "mst")
 
 
 def _generator(kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": kind, **(overrides if kind == "llm" else {})}
+    return {"kind": kind, **(overrides if kind in CONFIGURABLE else {})}
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -63,6 +69,8 @@ def run_adult(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[str,
     base = make_spec(ADULT_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA,
                      generator=_generator(kind, overrides), rows=1, base_dir=Path.cwd())
     real_train, holdout = split(load_typed(path, base))
+    if TRAIN_ROWS:
+        real_train = real_train.iloc[: TRAIN_ROWS[0]]
     spec = make_spec(ADULT_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA,
                      generator=_generator(kind, overrides), rows=len(real_train), base_dir=Path.cwd())
     result = run_release(kind, real_train, spec, rows=len(real_train))
@@ -75,7 +83,7 @@ def run_adult(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[str,
            "tstr_accuracy": utility["accuracy"], "tstr_roc_auc": utility["roc_auc"],
            "attack_auc": attack.auc, "attack_auc_upper": attack.auc_upper,
            "total_s": result["fit_s"] + result["sample_s"], "train_rows": len(real_train),
-           "generator_config": overrides if kind == "llm" else {}}
+           "generator_config": overrides if kind in CONFIGURABLE else {}}
     if kind == "llm":  # other sampling temperatures from the same fitted model (post-processing)
         out["by_temperature"] = {}
         for temperature in TEMPERATURES:
@@ -129,7 +137,7 @@ def run_reviews(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[st
             **marginal_tvd(real_train, synthetic, spec),
             **text_metrics(real_train["review_text"], synthetic["review_text"]),
             "total_s": result["fit_s"] + result["sample_s"], "train_rows": len(real_train), "rows": rows,
-            "generator_config": overrides if kind == "llm" else {}}
+            "generator_config": overrides if kind in CONFIGURABLE else {}}
 
 
 def trtr() -> dict[str, Any]:
@@ -163,13 +171,16 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["adult", "reviews"], default="adult")
     parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 4.0])
     parser.add_argument("--backends", nargs="+", default=["marginals", "llm"])
-    parser.add_argument("--set", action="append", default=[], help="llm generator override KEY=JSON")
+    parser.add_argument("--set", action="append", default=[], help="llm/aim/mst generator override KEY=JSON")
+    parser.add_argument("--rows", type=int, default=None, help="adult: fit on the first N training rows (smoke)")
     parser.add_argument("--name", default=None, help="results file name (bench/results/NAME.json)")
     parser.add_argument("--temperatures", type=float, nargs="*", default=[],
                         help="llm: also sample at these temperatures (same fitted model)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     TEMPERATURES.extend(args.temperatures)
+    if args.rows is not None:
+        TRAIN_ROWS.append(args.rows)
     if args.one:
         return _one(args)
     rows: list[dict[str, Any]] = [trtr()] if args.dataset == "adult" else []
@@ -180,6 +191,7 @@ def main() -> None:
         for eps in args.eps:
             cmd = [sys.executable, __file__, "--one", "--dataset", args.dataset, "--eps", str(eps),
                    "--backends", kind, *sum((["--set", s] for s in args.set), []),
+                   *(["--rows", str(args.rows)] if args.rows is not None else []),
                    "--temperatures", *map(str, args.temperatures)]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safesynth.errors import SpecError
 
 __all__ = [
+    "AIMGeneratorSpec",
     "AuditSpec",
     "BooleanColumn",
     "CategoricalColumn",
@@ -37,6 +38,7 @@ __all__ = [
     "IntegerColumn",
     "LLMGeneratorSpec",
     "LedgerSpec",
+    "MSTGeneratorSpec",
     "MarginalsGeneratorSpec",
     "PrivacySpec",
     "PublishSpec",
@@ -333,8 +335,65 @@ class InContextGeneratorSpec(_Frozen):
     )
 
 
-GeneratorSpec = Annotated[MarginalsGeneratorSpec | LLMGeneratorSpec | InContextGeneratorSpec,
-                          Field(discriminator="kind")]
+class _MBIGeneratorSpec(_Frozen):
+    """What AIM and MST share: the public grid of numeric cells and OpenDP's one-way split."""
+
+    bins: int = Field(
+        16, ge=2, le=1_000, description="Equal-width cells per numeric or datetime column on the grid of its declared "
+        "(or discovered) bounds; an integer column with at most this many values gets one cell per value. A value "
+        "is drawn uniformly inside its cell at sampling. More cells: finer values, larger marginals, more noise "
+        "per cell."
+    )
+    oneway_split: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Share of the generator's budget (rho) spent on the noisy one-way marginal "
+        "of every column before the algorithm starts (OpenDP `oneway_split`); default one half."
+    )
+    measure_split: float = Field(
+        0.9, gt=0.0, le=1.0, description="Share of the rest spent on measuring the selected marginals; the "
+        "complement pays for selecting them (OpenDP `measure_split`)."
+    )
+
+
+class AIMGeneratorSpec(_MBIGeneratorSpec):
+    """AIM (McKenna et al., VLDB 2022) from ``opendp.extras.mbi``: a graphical model fitted to noisy marginals.
+
+    AIM adaptively selects the marginal its model fits worst (exponential mechanism), measures it with Gaussian
+    noise and refits, until the budget is spent. zCDP, converted to (epsilon, delta) by OpenDP; needs
+    ``privacy.delta`` > 0 and no text column. See :mod:`safesynth.generator.mbi`.
+    """
+
+    kind: Literal["aim"]
+    queries: int = Field(
+        3, ge=1, le=6, description="Largest marginal AIM may select: every set of at most this many columns is a "
+        "candidate (OpenDP `queries`)."
+    )
+    max_size: float = Field(
+        80.0, gt=0.0, le=100_000.0, description="Largest graphical model AIM may grow to, in MB (OpenDP `max_size`); "
+        "bounds the fit's memory and time."
+    )
+    rounds: int | None = Field(
+        None, ge=1, le=10_000, description="Most select-measure-refit rounds (OpenDP `rounds`); default 16 x the "
+        "number of columns. Each round refits the model: fewer rounds fit faster, each with more budget."
+    )
+
+
+class MSTGeneratorSpec(_MBIGeneratorSpec):
+    """MST (McKenna et al., 2021) from ``opendp.extras.mbi``: noisy 2-way marginals along a spanning tree.
+
+    MST selects the pairs of columns its one-way model fits worst until every column is connected, measures
+    them with Gaussian noise and fits a graphical model. zCDP, converted to (epsilon, delta) by OpenDP; needs
+    ``privacy.delta`` > 0 and no text column. See :mod:`safesynth.generator.mbi`.
+    """
+
+    kind: Literal["mst"]
+    num_selections: int | None = Field(
+        None, ge=1, le=10_000, description="2-way marginals selected and measured (OpenDP `num_selections`); default "
+        "one fewer than the number of columns (a spanning tree)."
+    )
+
+
+GeneratorSpec = Annotated[MarginalsGeneratorSpec | LLMGeneratorSpec | InContextGeneratorSpec | AIMGeneratorSpec
+                          | MSTGeneratorSpec, Field(discriminator="kind")]
 
 # ------------------------------------------------------------------------------------ sampling, audit
 
@@ -552,6 +611,15 @@ class ReleaseSpec(_Frozen):
                 raise ValueError(f"`{key}` ({name!r}) must be one of the declared columns")
         if self.audit.canaries and not all(col.bounded for col in self.columns.values()):
             raise ValueError("`audit.canaries` needs every column's domain declared (canaries are drawn from them)")
+        if isinstance(self.generator, AIMGeneratorSpec | MSTGeneratorSpec):
+            kind = self.generator.kind
+            text = [name for name, col in self.columns.items() if isinstance(col, TextColumn)]
+            if text:
+                raise ValueError(f"`generator.kind` ({kind}) cannot model text columns ({text}): drop them from "
+                                 "`columns`, or use the marginals, llm or incontext generator")
+            if not self.privacy.delta > 0:
+                raise ValueError(f"`privacy.delta` (0) must be > 0 for `generator.kind` ({kind}): its zCDP "
+                                 "guarantee converts to (epsilon, delta) only with delta > 0")
         target = self.audit.target_column
         if target is not None and not isinstance(self.columns[target], CategoricalColumn | BooleanColumn):
             raise ValueError(f"`audit.target_column` ({target!r}) must be a categorical or boolean column")
@@ -598,7 +666,8 @@ class ReleaseSpec(_Frozen):
 
 def _key_path(loc: tuple[Any, ...]) -> str:
     # pydantic puts discriminator tags in the location (e.g. columns.age.integer.min); drop them.
-    tags = {"integer", "float", "categorical", "boolean", "datetime", "text", "marginals", "llm", "incontext"}
+    tags = {"integer", "float", "categorical", "boolean", "datetime", "text", "marginals", "llm", "incontext",
+            "aim", "mst"}
     parts = [str(p) for i, p in enumerate(loc) if not (i > 0 and str(p) in tags and loc[i - 1] != "columns")]
     return ".".join(parts) or "<root>"
 

@@ -21,4 +21,8 @@ def get_backend(kind: str) -> GeneratorBackend:
         from safesynth.generator.incontext.backend import InContextBackend
 
         return InContextBackend()
-    raise ValueError(f"`generator.kind` ({kind!r}) must be 'marginals', 'llm' or 'incontext'")
+    if kind in ("aim", "mst"):
+        from safesynth.generator.mbi import AIMBackend, MSTBackend
+
+        return AIMBackend() if kind == "aim" else MSTBackend()
+    raise ValueError(f"`generator.kind` ({kind!r}) must be 'marginals', 'llm', 'incontext', 'aim' or 'mst'")

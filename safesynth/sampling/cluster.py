@@ -75,7 +75,8 @@ class ClusterPlan:
 def worker_modules(spec: ReleaseSpec) -> tuple[str, ...]:
     """What a worker imports to sample this spec's generator (public: the generator kind only)."""
     backend = {"llm": "safesynth.generator.llm", "marginals": "safesynth.generator.marginals",
-               "incontext": "safesynth.generator.incontext.decoder"}
+               "incontext": "safesynth.generator.incontext.decoder", "aim": "safesynth.generator.mbi",
+               "mst": "safesynth.generator.mbi"}
     return ("safesynth.sampling.shards", backend.get(spec.generator.kind, "safesynth.generator"))
 
 

@@ -1,0 +1,386 @@
+"""The ``aim`` and ``mst`` generators: OpenDP's AIM and MST (``opendp.extras.mbi``, Private-PGM).
+
+Both fit a graphical model (a Markov random field) to noisy marginals of the table, indexed on public
+domains, and sample rows from it. The DP algorithm is OpenDP's own: its measurement selects marginals,
+adds the noise and fits the model; we only index the records on entry and sample from the fitted model.
+
+Domains (all from the spec, never from the data), one cell per value, as in :mod:`~safesynth.generator.marginals`:
+  * categorical: the declared categories; boolean: false/true;
+  * integer: one cell per value when the range has at most ``bins`` values, else ``bins`` integer bins;
+    float and datetime: ``bins`` equal-width bins of [min, max]; a value is drawn uniformly inside its
+    cell at sampling (post-processing);
+  * null: OpenDP gives every column one more key, null. Nulls of a nullable column are that key; a
+    non-nullable column has none, and its null cell is removed from the fitted model before sampling
+    (post-processing);
+  * text: refused when the spec is loaded (AIM and MST model cells, not free text).
+
+Privacy:
+    Add/remove one record (OpenDP: symmetric distance 1 on the indexed frame). OpenDP's measurement spends
+    ``rho`` under zero-concentrated DP (Gaussian noise on marginals of L2 sensitivity 1, exponential
+    mechanism for selection; AIM's rounds are a privacy filter, MST's steps an adaptive composition).
+    ``rho`` is the largest whose conversion to approximate DP by OpenDP
+    (``make_fix_delta(make_zCDP_to_approxDP(m), delta)``) fits the plan's ``generator`` stage (epsilon,
+    delta); the stated epsilon is that conversion applied to the fitted measurement itself. In the release
+    account the stage is the worst case of an (epsilon, delta)-DP mechanism: randomized response at epsilon
+    (:func:`~safesynth.privacy.accountant.pure_dp_event`) plus a bad event of probability delta
+    (``extra_delta``), which every accountant composes soundly. OpenDP draws the noise from its own secure
+    samplers: the run's :class:`~safesynth.privacy.noise.NoiseSource` is not used.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from safesynth.errors import InternalError
+from safesynth.generator.marginals import (
+    MarginalsModel,
+    _cell_index,
+    _edges,
+    _int_edges,
+    _numeric_view,
+    _value_cells,
+)
+from safesynth.privacy.accountant import ReleaseAccount, StageSpend, pure_dp_event
+from safesynth.privacy.noise import NoiseSource
+from safesynth.privacy.planner import BudgetPlan
+from safesynth.repair import repair_records
+from safesynth.schema import conform
+from safesynth.spec import (
+    AIMGeneratorSpec,
+    BooleanColumn,
+    CategoricalColumn,
+    ColumnSpec,
+    DatetimeColumn,
+    IntegerColumn,
+    MSTGeneratorSpec,
+    ReleaseSpec,
+    TextColumn,
+)
+
+__all__ = ["AIMBackend", "GraphicalModel", "MSTBackend", "calibrate_rho", "make_measurement", "mst_rho", "zcdp_epsilon"]
+
+_FORMAT = "safesynth.mbi/1"
+MBISpec = AIMGeneratorSpec | MSTGeneratorSpec
+
+
+@functools.cache
+def _opendp() -> ModuleType:
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    return dp
+
+
+# ------------------------------------------------------------------------------------------ accounting
+
+
+def zcdp_epsilon(measurement: Any, *, d_in: Any, delta: float) -> float:
+    """Epsilon at ``delta`` of a zCDP ``measurement``, by OpenDP's own zCDP -> approximate-DP map."""
+    dp = _opendp()
+    approx = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(measurement), delta=delta)
+    epsilon, _ = approx.map(d_in)
+    return float(epsilon)
+
+
+def _rho_measurement(rho: float) -> Any:
+    """A measurement whose privacy map is exactly ``rho`` zCDP (an adaptive composition that runs nothing)."""
+    dp = _opendp()
+    domain = dp.vector_domain(dp.atom_domain(T=dp.u32))
+    return dp.c.make_adaptive_composition(domain, dp.symmetric_distance(), dp.zero_concentrated_divergence(),
+                                          d_in=1, d_mids=[rho])
+
+
+def calibrate_rho(*, epsilon: float, delta: float) -> float:
+    """The largest ``rho`` whose OpenDP conversion to (epsilon, delta)-DP meets ``epsilon`` at ``delta``.
+
+    OpenDP's binary search returns the safe end; the result is checked again.
+
+    Raises:
+        ValueError: ``epsilon`` or ``delta`` is not > 0.
+    """
+    if not epsilon > 0 or not delta > 0:
+        raise ValueError(f"`epsilon` ({epsilon}) and `delta` ({delta}) must be > 0 for a zCDP generator")
+    dp = _opendp()
+    rho = float(dp.binary_search(lambda r: zcdp_epsilon(_rho_measurement(r), d_in=1, delta=delta) <= epsilon,
+                                 bounds=(0.0, 1e4)))
+    if not rho > 0 or zcdp_epsilon(_rho_measurement(rho), d_in=1, delta=delta) > epsilon:
+        raise InternalError(f"rho calibration failed for `epsilon` ({epsilon}) at `delta` ({delta})")
+    return rho
+
+
+def _prior(x: float) -> float:
+    return float(np.nextafter(x, -np.inf))
+
+
+def _sum_up(values: list[float]) -> float:
+    """Sum rounding every addition up, as OpenDP composes privacy parameters."""
+    total = 0.0
+    for v in values:
+        s = total + v
+        total = float(np.nextafter(s, np.inf)) if Fraction(total) + Fraction(v) > Fraction(s) else s
+    return total
+
+
+def mst_rho(rho: float, *, gen: MSTGeneratorSpec, columns: int) -> float:
+    """The largest ``rho' <= rho`` for which OpenDP 0.16's MST composes within its own budget.
+
+    MST splits its selection budget ``d`` into ``n`` shares ``prior(d / n)`` whose sum, rounded up as OpenDP
+    composes, can exceed ``d`` by one ulp for some ``rho`` (about 1 in 8); the measurement then fails after
+    spending the one-way marginals. The arithmetic is public (``rho``, the split, the number of columns), so
+    it is replayed here, the way ``opendp.extras.mbi`` computes it, and ``rho`` lowered ulp by ulp until it
+    fits. Lowering rho only lowers the spend.
+    """
+    oneway = 0.5 if gen.oneway_split is None else gen.oneway_split
+    n = min(max(0, gen.num_selections or columns - 1), columns - 1)
+    for _ in range(1_000):
+        multiway = _prior(_prior(rho - rho * oneway))
+        select = _prior(_prior(multiway - multiway * gen.measure_split))
+        if n == 0 or _sum_up([_prior(select / n)] * n) <= select:
+            return rho
+        rho = _prior(rho)
+    raise InternalError(f"no rho below {rho} composes within MST's budget")
+
+
+# -------------------------------------------------------------------------------------------- domains
+
+
+def _cells(col: ColumnSpec, bins: int) -> int:
+    """Value cells of a column on its public grid (the null cell excluded)."""
+    if isinstance(col, TextColumn):  # the spec refuses text columns for aim/mst: a bug if one gets here
+        raise InternalError("a text column reached the aim/mst generator")
+    return _value_cells(col, bins)
+
+
+def _index(train: pd.DataFrame, spec: ReleaseSpec, bins: int) -> Any:
+    """The records as cell indices (UInt32, null for null) under internal column names c0, c1, ..."""
+    import polars as pl
+
+    data = {}
+    for i, (name, col) in enumerate(spec.columns.items()):
+        idx = _cell_index(train[name], col, bins)
+        cells = pd.array(idx, dtype="UInt32")
+        cells[train[name].isna().to_numpy()] = pd.NA
+        data[f"c{i}"] = pl.from_pandas(pd.Series(cells, name=f"c{i}")).cast(pl.UInt32)
+    return pl.DataFrame(data)
+
+
+def _algorithm(gen: MBISpec) -> Any:
+    dp = _opendp()
+    if isinstance(gen, AIMGeneratorSpec):
+        return dp.mbi.AIM(queries=gen.queries, max_size=gen.max_size, rounds=gen.rounds,
+                          measure_split=gen.measure_split, oneway_split=gen.oneway_split)
+    return dp.mbi.MST(num_selections=gen.num_selections, measure_split=gen.measure_split,
+                      oneway_split=gen.oneway_split)
+
+
+def make_measurement(spec: ReleaseSpec, *, rho: float) -> Any:
+    """OpenDP's AIM or MST contingency-table measurement on the indexed frame, spending ``rho`` (zCDP).
+
+    Reads no data: the keys are the public cells of each column. Its input is a polars LazyFrame of
+    :func:`_index`; its privacy unit is one record (symmetric distance 1).
+    """
+    import polars as pl
+
+    dp = _opendp()
+    gen = spec.generator
+    if not isinstance(gen, AIMGeneratorSpec | MSTGeneratorSpec):
+        raise InternalError(f"the aim/mst generator got a `{gen.kind}` generator spec")
+    names = [f"c{i}" for i in range(len(spec.columns))]
+    domain = dp.lazyframe_domain([dp.series_domain(n, dp.option_domain(dp.atom_domain(T=dp.u32))) for n in names])
+    plan = pl.LazyFrame(schema=dict.fromkeys(names, pl.UInt32))
+    t_plan = dp.t.make_stable_lazyframe(domain, dp.symmetric_distance(), plan, MO="FrameDistance<SymmetricDistance>")
+    keys = {n: list(range(_cells(col, gen.bins))) for n, col in zip(names, spec.columns.values(), strict=True)}
+    m_table, _, _ = dp.mbi.make_contingency_table(
+        t_plan.output_domain, t_plan.output_metric, dp.zero_concentrated_divergence(), d_in=t_plan.map(1),
+        d_out=rho, keys=keys, algorithm=_algorithm(gen),
+    )
+    return t_plan >> m_table
+
+
+# -------------------------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Conditional:
+    """P(column | parents) as a table over (parents..., column); columns are spec positions."""
+
+    column: int
+    parents: tuple[int, ...]
+    table: np.ndarray
+
+
+def _conditionals(model: Any, spec: ReleaseSpec, bins: int) -> list[_Conditional]:
+    """Forward-sampling tables of the fitted model along its junction tree's elimination order.
+
+    The same decomposition as ``mbi.MarkovRandomField.synthetic_data``, in numpy, so sampling needs neither
+    jax nor a global RNG. A non-nullable column's null cell is zeroed (post-processing).
+    """
+    from mbi import junction_tree, marginal_oracles
+
+    cliques = [set(cl) for cl in model.cliques]
+    jtree, order = junction_tree.make_junction_tree(model.domain, cliques)
+    marginals = marginal_oracles.message_passing_stable(model.potentials.expand(list(jtree.nodes)))
+    position = {f"c{i}": i for i in range(len(spec.columns))}
+    cols = list(spec.columns.values())
+    out: list[_Conditional] = []
+    used: set[str] = set()
+    for name in order[::-1]:
+        relevant = used & set().union(*[cl for cl in cliques if name in cl])
+        parents = tuple(sorted(relevant, key=position.__getitem__))
+        used.add(name)
+        table = np.asarray(marginals.project((*parents, name)).datavector(flatten=False), dtype=np.float64)
+        table = np.clip(table, 0.0, None)
+        col = cols[position[name]]
+        if not col.nullable:
+            table[..., _cells(col, bins)] = 0.0
+        total = table.sum(axis=-1, keepdims=True)
+        uniform = np.ones_like(table) / table.shape[-1]
+        if not col.nullable:
+            uniform[..., _cells(col, bins)] = 0.0
+            uniform /= uniform.sum(axis=-1, keepdims=True)
+        table = np.where(total > 0, table / np.where(total > 0, total, 1.0), uniform)
+        out.append(_Conditional(column=position[name], parents=tuple(position[p] for p in parents), table=table))
+    return out
+
+
+class GraphicalModel:
+    """A fitted AIM or MST model: conditional tables in sampling order. Sampling is post-processing."""
+
+    def __init__(self, spec: ReleaseSpec, *, kind: str, bins: int, conditionals: list[_Conditional]) -> None:
+        self.spec = spec
+        self.kind = kind
+        self.bins = bins
+        self.conditionals = conditionals
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"format": _FORMAT, "kind": self.kind, "bins": self.bins,
+                "order": [{"column": c.column, "parents": list(c.parents)} for c in self.conditionals]}
+        tables: dict[str, Any] = {f"t{i}": c.table for i, c in enumerate(self.conditionals)}
+        np.savez(directory / "conditionals.npz", **tables)
+        (directory / "mbi.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, directory: Path, *, spec: ReleaseSpec) -> GraphicalModel:
+        meta = json.loads((directory / "mbi.json").read_text())
+        if meta.get("format") != _FORMAT or meta.get("kind") != spec.generator.kind:
+            raise ValueError(f"{directory}: not a {spec.generator.kind} model ({meta.get('format')!r})")
+        with np.load(directory / "conditionals.npz", allow_pickle=False) as tables:
+            conditionals = [_Conditional(column=int(o["column"]), parents=tuple(int(p) for p in o["parents"]),
+                                         table=tables[f"t{i}"]) for i, o in enumerate(meta["order"])]
+        return cls(spec, kind=str(meta["kind"]), bins=int(meta["bins"]), conditionals=conditionals)
+
+    def sample(self, rows: int, *, seed: int) -> pd.DataFrame:
+        rng = np.random.default_rng(seed)
+        cells = np.zeros((len(self.spec.columns), rows), dtype=np.int64)
+        for cond in self.conditionals:  # parents are always sampled before their children
+            cdf = np.cumsum(cond.table, axis=-1)
+            rows_cdf = cdf[tuple(cells[p] for p in cond.parents)] if cond.parents else np.broadcast_to(cdf, (rows,
+                                                                                                              cdf.size))
+            u = rng.random(rows) * rows_cdf[:, -1]
+            cells[cond.column] = np.minimum((rows_cdf < u[:, None]).sum(axis=1), cdf.shape[-1] - 1)
+        data = {name: self._decode(col, cells[i], rng) for i, (name, col) in enumerate(self.spec.columns.items())}
+        return conform(pd.DataFrame(data), self.spec)
+
+    def _decode(self, col: ColumnSpec, cells: np.ndarray, rng: np.random.Generator) -> pd.Series:
+        """Values of cells: the category, or uniform inside the numeric cell; the last cell is null."""
+        n_cells = _cells(col, self.bins)
+        isnull = cells >= n_cells
+        cells = np.minimum(cells, n_cells - 1)
+        u = rng.random(len(cells))
+        values: pd.Series
+        if isinstance(col, CategoricalColumn):
+            from safesynth.domains import categories_of
+
+            values = pd.Series(np.asarray(categories_of(col), dtype=object)[cells], dtype="str")
+        elif isinstance(col, BooleanColumn):
+            values = pd.Series(cells.astype(bool), dtype="boolean")
+        elif isinstance(col, IntegerColumn):
+            edges = _int_edges(col, self.bins)
+            lo, hi = edges[cells], edges[cells + 1]
+            values = pd.Series(lo + np.floor(u * (hi - lo)).astype(np.int64), dtype="Int64")
+        elif isinstance(col, TextColumn):
+            raise InternalError("a text column reached the aim/mst generator")
+        else:
+            lo_b, hi_b, _ = _numeric_view(col, pd.Series([], dtype="float64"))
+            edges = _edges(lo_b, hi_b, self.bins)
+            x = edges[cells] + u * (edges[cells + 1] - edges[cells])
+            values = MarginalsModel._finish_numeric(col, x, lo_b, hi_b)
+        values[isnull] = pd.NaT if isinstance(col, DatetimeColumn) else pd.NA
+        return values
+
+
+# -------------------------------------------------------------------------------------------- backends
+
+
+class _MBIBackend:
+    kind = ""
+
+    def fit(
+        self,
+        train: pd.DataFrame,
+        *,
+        spec: ReleaseSpec,
+        plan: BudgetPlan,
+        account: ReleaseAccount,
+        noise: NoiseSource,
+        workdir: Path,
+    ) -> GraphicalModel:
+        """Fit OpenDP's AIM or MST on the training rows, indexed on the public grid.
+
+        Records outside the spec's domains are first repaired on their own (:func:`safesynth.repair.repair_records`).
+
+        Privacy:
+            Spends the plan's ``generator`` stage: OpenDP's measurement at the largest ``rho`` (zCDP) whose
+            OpenDP conversion meets the stage's (epsilon, delta), under add/remove one record. Recorded in
+            ``account`` as stage ``generator``: epsilon is OpenDP's map of the fitted measurement at the stage's
+            delta; the event is randomized response at that epsilon with the delta as ``extra_delta`` (see the
+            module docstring). ``noise`` is unused: OpenDP samples the noise securely itself.
+        """
+        del noise, workdir  # OpenDP draws its own noise; nothing is written while fitting
+        gen = spec.generator
+        if not isinstance(gen, AIMGeneratorSpec | MSTGeneratorSpec) or gen.kind != self.kind:
+            raise InternalError(f"the {self.kind} generator got a `{gen.kind}` generator spec")
+        train = repair_records(train, spec).frame
+        stage = plan.stage("generator")
+        rho = calibrate_rho(epsilon=stage.epsilon, delta=stage.delta)
+        if isinstance(gen, MSTGeneratorSpec):
+            rho = mst_rho(rho, gen=gen, columns=len(spec.columns))
+        measurement = make_measurement(spec, rho=rho)
+        spent_rho = float(measurement.map(1))
+        epsilon = zcdp_epsilon(measurement, d_in=1, delta=stage.delta)
+        if not (spent_rho <= rho and epsilon <= stage.epsilon):
+            raise InternalError(f"the {self.kind} measurement spends epsilon {epsilon:.6g} (rho {spent_rho:.6g}), "
+                                f"above its stage's {stage.epsilon:.6g}")
+        table = measurement(_index(train, spec, gen.bins).lazy())
+        names = list(spec.columns)
+        account.add(StageSpend(
+            stage="generator", event=pure_dp_event(epsilon), epsilon=epsilon, delta=stage.delta,
+            extra_delta=stage.delta, mechanism=f"{self.kind} (opendp.extras.mbi, zCDP)", secure_noise=True,
+            detail={"rho": spent_rho, "bins": gen.bins,
+                    "cliques": [[names[int(c[1:])] for c in clique] for clique in table.model.cliques],
+                    "cells": {name: _cells(col, gen.bins) for name, col in spec.columns.items()}},
+        ))
+        return GraphicalModel(spec, kind=self.kind, bins=gen.bins,
+                              conditionals=_conditionals(table.model, spec, gen.bins))
+
+    def load(self, directory: Path, *, spec: ReleaseSpec) -> GraphicalModel:
+        return GraphicalModel.load(directory, spec=spec)
+
+
+class AIMBackend(_MBIBackend):
+    kind = "aim"
+
+
+class MSTBackend(_MBIBackend):
+    kind = "mst"
+
