@@ -361,15 +361,13 @@ class _MBIBackend:
         if not (spent_rho <= rho and epsilon <= stage.epsilon):
             raise InternalError(f"the {self.kind} measurement spends epsilon {epsilon:.6g} (rho {spent_rho:.6g}), "
                                 f"above its stage's {stage.epsilon:.6g}")
-        table = measurement(_index(train, spec, gen.bins).lazy())
-        names = list(spec.columns)
-        account.add(StageSpend(
+        account.add(StageSpend(  # committed before the measurement reads the records
             stage="generator", event=pure_dp_event(epsilon), epsilon=epsilon, delta=stage.delta,
             extra_delta=stage.delta, mechanism=f"{self.kind} (opendp.extras.mbi, zCDP)", secure_noise=True,
             detail={"rho": spent_rho, "bins": gen.bins,
-                    "cliques": [[names[int(c[1:])] for c in clique] for clique in table.model.cliques],
                     "cells": {name: _cells(col, gen.bins) for name, col in spec.columns.items()}},
         ))
+        table = measurement(_index(train, spec, gen.bins).lazy())
         return GraphicalModel(spec, kind=self.kind, bins=gen.bins,
                               conditionals=_conditionals(table.model, spec, gen.bins))
 
