@@ -111,6 +111,10 @@ def preflight(spec: ReleaseSpec) -> None:
         check_model(spec)
     if spec.generator.kind == "incontext":
         check_incontext(spec)
+    if spec.generator.kind == "llm":
+        from safesynth.generator.llm.warm import check_warm_start
+
+        check_warm_start(spec)
     check_source(spec)
     check_target(spec)
     preflight_ledger(spec)

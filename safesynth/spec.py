@@ -277,6 +277,20 @@ class LLMGeneratorSpec(_Frozen):
         "auto", description="Where to train and sample: auto (a CUDA GPU when torch sees one, else the CPU), "
         "cpu or cuda (fails before any budget is reserved when there is none)."
     )
+    warm_start: Literal["none", "mst"] = Field(
+        "none", description="Before DP-SGD, train the model without noise on rows sampled from a DP model of "
+        "the table's marginals (mst: OpenDP's MST, spending `warm_start_share` of the generator stage): "
+        "post-processing of a DP output, so the pretraining itself costs nothing more. Not for specs with text "
+        "columns."
+    )
+    warm_start_share: float = Field(
+        0.3, gt=0.0, lt=0.9, description="Share of the generator stage's epsilon and delta the warm start's "
+        "marginals spend (DP-SGD gets the rest, less the row count's share)."
+    )
+    warm_start_epochs: float = Field(
+        2.0, gt=0.0, le=100.0, description="Passes over the warm start's sampled rows (as many as the noisy row "
+        "count, at least 1,000 and at most 200,000)."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> LLMGeneratorSpec:

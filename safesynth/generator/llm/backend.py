@@ -51,6 +51,7 @@ from safesynth.generator.llm.training import (
     train_dp_sgd,
     training_rngs,
 )
+from safesynth.generator.llm.warm import warm_budget, warm_start
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon
 from safesynth.privacy.mechanisms import LaplaceMechanism, make_mechanism
 from safesynth.privacy.noise import NoiseSource
@@ -147,14 +148,16 @@ class LLMBackend:
 
     def fit(self, train: pd.DataFrame, *, spec: ReleaseSpec, plan: BudgetPlan, account: ReleaseAccount,
             noise: NoiseSource, workdir: Path) -> FittedLLM:
-        """Fit with DP; records ``condition`` (if any), ``generator.count`` and ``generator.dp_sgd``.
+        """Fit with DP; records ``condition`` (if any), ``generator.count``, ``generator.warm_start`` (with
+        ``warm_start: mst``) and ``generator.dp_sgd``.
 
         Records outside the spec's domains (declared or discovered) are first repaired on their own
         (:func:`safesynth.repair.repair_records`), so no single record can make the fit fail.
 
         Privacy:
-            Spends at most ``plan.stage("generator")`` (count: ``COUNT_FRACTION`` of its epsilon, DP-SGD:
-            the rest and all of its delta) plus ``plan.stage("condition")`` with ``condition_on``.
+            Spends at most ``plan.stage("generator")`` (count: ``COUNT_FRACTION`` of its epsilon; warm start:
+            ``warm_start_share`` of its epsilon and delta, see :mod:`.warm`; DP-SGD: the rest) plus
+            ``plan.stage("condition")`` with ``condition_on``.
             Add/remove one record throughout.
         """
         gen = _gen(spec)
@@ -189,18 +192,25 @@ class LLMBackend:
             account.add(spend)
         noisy_rows, count_spend = release_row_count(len(train), epsilon=COUNT_FRACTION * stage.epsilon, noise=noise)
         account.add(count_spend)
+        warm_epsilon, warm_delta = warm_budget(stage, gen)
+        if gen.warm_start != "none":  # spends the warm start's share; the pretraining is post-processing
+            warm_start(lm, train, spec=spec, stage=stage, codec=codec, grammar=grammar, order=order,
+                       noisy_rows=noisy_rows, account=account, noise=noise, workdir=workdir)
+        sgd_delta = stage.delta - warm_delta
         schedule = schedule_dp_sgd(noisy_rows=noisy_rows, batch_size=gen.batch_size, epochs=gen.epochs,
-                                   max_grad_norm=gen.max_grad_norm, epsilon=(1 - COUNT_FRACTION) * stage.epsilon,
-                                   delta=stage.delta, accountant=plan.accountant)
-        sgd_spend = _sgd_spend(schedule, delta=stage.delta, accountant=plan.accountant,
+                                   max_grad_norm=gen.max_grad_norm,
+                                   epsilon=(1 - COUNT_FRACTION) * stage.epsilon - warm_epsilon,
+                                   delta=sgd_delta, accountant=plan.accountant)
+        sgd_spend = _sgd_spend(schedule, delta=sgd_delta, accountant=plan.accountant,
                                detail={"grad_sample_mode": gen.grad_sample_mode, "rng_seeding": rngs.source})
         account.add(sgd_spend)  # committed before the first noisy step
         with torch_threads():
             train_dp_sgd(lm, rows, schedule, learning_rate=gen.learning_rate, mode=gen.grad_sample_mode,
                          physical_batch_size=gen.physical_batch_size, poisson_rng=rngs.poisson,
-                         noise_generator=rngs.noise, accountant=plan.accountant, delta=stage.delta)
+                         noise_generator=rngs.noise, accountant=plan.accountant, delta=sgd_delta)
         lm.model = merged(lm.model)
-        spends = [s for s in account.spends if s.stage in ("condition", "generator.count", "generator.dp_sgd")]
+        spends = [s for s in account.spends
+                  if s.stage in ("condition", "generator.count", "generator.warm_start", "generator.dp_sgd")]
         privacy = {"stages": [{k: v for k, v in s.to_dict().items() if k != "detail"} for s in spends],
                    "dp_sgd": {k: v for k, v in sgd_spend.detail.items() if k != "insecure_noise_reason"}}
         return FittedLLM(spec=spec, codec=codec, grammar=grammar, lm=lm, order=tuple(order), condition=condition,

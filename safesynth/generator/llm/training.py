@@ -312,6 +312,34 @@ def _lr_lambda(steps: int) -> Callable[[int], float]:
     return factor
 
 
+def pretrain(lm: LanguageModel, rows: TrainingRows, *, epochs: float, batch_size: int, learning_rate: float,
+             rng: np.random.Generator) -> int:
+    """Train ``lm.model`` in place without noise on ``rows`` that are *not* private (a DP output); the steps.
+
+    Adam with the DP-SGD schedule's warm-up and cosine decay, batches drawn without replacement from
+    ``rng`` (public: it touches only the public rows).
+
+    Privacy:
+        Spends nothing when ``rows`` are a DP output or public data: training on them is post-processing.
+        Never call it on private records.
+    """
+    model = lm.model
+    steps = max(1, math.ceil(epochs * len(rows) / batch_size))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps))
+    for _ in range(steps):
+        index = rng.choice(len(rows), size=min(batch_size, len(rows)), replace=False)
+        loss = sequence_losses(model, rows.batch(index), rows=rows).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    model.eval()
+    return steps
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainingStats:
     """Public facts about a run (no losses: they are functions of the private data)."""
