@@ -118,3 +118,32 @@ def finish_numeric(col: FloatColumn | DatetimeColumn, x: np.ndarray, lo: float, 
     secs = np.floor(x / unit) * unit
     secs = np.clip(secs, math.ceil(lo / unit) * unit, hi)
     return pd.Series(pd.to_datetime(secs * 1e6, unit="us").astype("datetime64[us]"))
+
+
+def decode_cells(col: ColumnSpec, cells: np.ndarray, bins: int, u: np.ndarray) -> pd.Series:
+    """Values of ``cells`` (the last cell, ``value_cells(col, bins)``, is null): the category or boolean, or a
+    value at position ``u`` (uniform on [0, 1), one per cell) inside its numeric cell.
+
+    Post-processing: reads only the cells and the public grid. Text columns have no values on the grid.
+    """
+    n_cells = value_cells(col, bins)
+    isnull = cells >= n_cells
+    cells = np.minimum(cells, n_cells - 1)
+    values: pd.Series
+    if isinstance(col, CategoricalColumn):
+        values = pd.Series(np.asarray(categories_of(col), dtype=object)[cells], dtype="str")
+    elif isinstance(col, BooleanColumn):
+        values = pd.Series(cells.astype(bool), dtype="boolean")
+    elif isinstance(col, IntegerColumn):
+        grid = int_edges(col, bins)
+        lo, hi = grid[cells], grid[cells + 1]
+        values = pd.Series(lo + np.floor(u * (hi - lo)).astype(np.int64), dtype="Int64")
+    elif isinstance(col, FloatColumn | DatetimeColumn):
+        lo_b, hi_b, _ = numeric_view(col, pd.Series([], dtype="float64"))
+        grid = edges(lo_b, hi_b, bins)
+        values = finish_numeric(col, grid[cells] + u * (grid[cells + 1] - grid[cells]), lo_b, hi_b)
+    else:
+        raise InternalError(f"a {col.type} column has no values on the grid")
+    values = values.astype(values.dtype)
+    values[isnull] = pd.NaT if isinstance(col, DatetimeColumn) else pd.NA
+    return values

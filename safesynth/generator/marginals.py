@@ -26,12 +26,10 @@ import math
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from safesynth.domains import categories_of
 from safesynth.errors import InternalError
 from safesynth.generator import grid
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon
@@ -41,11 +39,7 @@ from safesynth.privacy.planner import BudgetPlan
 from safesynth.repair import repair_records
 from safesynth.schema import conform
 from safesynth.spec import (
-    BooleanColumn,
-    CategoricalColumn,
     ColumnSpec,
-    DatetimeColumn,
-    IntegerColumn,
     MarginalsGeneratorSpec,
     ReleaseSpec,
     TextColumn,
@@ -129,28 +123,13 @@ class MarginalsModel:
     def _sample_column(self, name: str, col: ColumnSpec, rows: int, rng: np.random.Generator) -> pd.Series:
         p = self.probabilities[f"{name}/values"]
         cells = rng.choice(len(p), size=rows, p=p)
+        u = rng.random(rows)
+        if not isinstance(col, TextColumn):
+            return grid.decode_cells(col, cells, self.bins, u)
         n_cells = grid.value_cells(col, self.bins)
         isnull = cells >= n_cells
-        cells = np.minimum(cells, n_cells - 1)
-        u = rng.random(rows)
-        values: Any
-        if isinstance(col, CategoricalColumn):
-            values = pd.Series(np.asarray(categories_of(col), dtype=object)[cells], dtype="str")
-        elif isinstance(col, BooleanColumn):
-            values = pd.Series(cells.astype(bool), dtype="boolean")
-        elif isinstance(col, IntegerColumn):
-            edges = grid.int_edges(col, self.bins)
-            lo, hi = edges[cells], edges[cells + 1]
-            values = pd.Series(lo + np.floor(u * (hi - lo)).astype(np.int64), dtype="Int64")
-        elif isinstance(col, TextColumn):
-            values = self._sample_text(name, col, cells, u, rng)
-        else:
-            lo_b, hi_b, _ = grid.numeric_view(col, pd.Series([], dtype="float64"))
-            edges = grid.edges(lo_b, hi_b, self.bins)
-            x = edges[cells] + u * (edges[cells + 1] - edges[cells])
-            values = grid.finish_numeric(col, x, lo_b, hi_b)
-        values = values.astype(values.dtype)
-        values[isnull] = pd.NA if not isinstance(col, DatetimeColumn) else pd.NaT
+        values = self._sample_text(name, col, np.minimum(cells, n_cells - 1), u, rng)
+        values[isnull] = pd.NA
         return values
 
     def _sample_text(self, name: str, col: TextColumn, cells: np.ndarray, u: np.ndarray,

@@ -49,11 +49,7 @@ from safesynth.repair import repair_records
 from safesynth.schema import conform
 from safesynth.spec import (
     AIMGeneratorSpec,
-    BooleanColumn,
-    CategoricalColumn,
     ColumnSpec,
-    DatetimeColumn,
-    IntegerColumn,
     MSTGeneratorSpec,
     ReleaseSpec,
     TextColumn,
@@ -286,30 +282,9 @@ class GraphicalModel:
 
     def _decode(self, col: ColumnSpec, cells: np.ndarray, rng: np.random.Generator) -> pd.Series:
         """Values of cells: the category, or uniform inside the numeric cell; the last cell is null."""
-        n_cells = _cells(col, self.bins)
-        isnull = cells >= n_cells
-        cells = np.minimum(cells, n_cells - 1)
-        u = rng.random(len(cells))
-        values: pd.Series
-        if isinstance(col, CategoricalColumn):
-            from safesynth.domains import categories_of
-
-            values = pd.Series(np.asarray(categories_of(col), dtype=object)[cells], dtype="str")
-        elif isinstance(col, BooleanColumn):
-            values = pd.Series(cells.astype(bool), dtype="boolean")
-        elif isinstance(col, IntegerColumn):
-            edges = grid.int_edges(col, self.bins)
-            lo, hi = edges[cells], edges[cells + 1]
-            values = pd.Series(lo + np.floor(u * (hi - lo)).astype(np.int64), dtype="Int64")
-        elif isinstance(col, TextColumn):
+        if isinstance(col, TextColumn):
             raise InternalError("a text column reached the aim/mst generator")
-        else:
-            lo_b, hi_b, _ = grid.numeric_view(col, pd.Series([], dtype="float64"))
-            edges = grid.edges(lo_b, hi_b, self.bins)
-            x = edges[cells] + u * (edges[cells + 1] - edges[cells])
-            values = grid.finish_numeric(col, x, lo_b, hi_b)
-        values[isnull] = pd.NaT if isinstance(col, DatetimeColumn) else pd.NA
-        return values
+        return grid.decode_cells(col, cells, self.bins, rng.random(len(cells)))
 
 
 # -------------------------------------------------------------------------------------------- backends
