@@ -183,8 +183,9 @@ def _fan_out(client: Any, spec: ReleaseSpec, scratch: Scratch, shards: list[Any]
                     part: Part = future.result()
                 except KilledWorker as exc:
                     raise SamplingError(
-                        f"shard {shard.index} killed every worker that ran it (distributed.scheduler."
-                        "allowed-failures); nothing was published") from exc
+                        f"shard {shard.index} was lost with every worker that ran it (it crashes its worker, "
+                        "or shared one with a shard that does; distributed.scheduler.allowed-failures); "
+                        "nothing was published") from exc
                 except SafeSynthError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - raised inside the shard on a worker
