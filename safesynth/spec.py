@@ -291,11 +291,22 @@ class LLMGeneratorSpec(_Frozen):
         2.0, gt=0.0, le=100.0, description="Passes over the warm start's sampled rows (as many as the noisy row "
         "count, at least 1,000 and at most 200,000)."
     )
+    calibrate: bool = Field(
+        False, description="Pull sampled rows towards the warm start's DP marginals (needs warm_start: mst): "
+        "sample `calibrate_oversample` times the rows, weight them by raking to the MST model's one-way and "
+        "measured two-way marginals on its grid, keep a weighted subset. Post-processing: costs no budget."
+    )
+    calibrate_oversample: int = Field(
+        4, ge=2, le=32, description="Candidate rows sampled per kept row when `calibrate` is true (sampling time "
+        "grows with it)."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> LLMGeneratorSpec:
         if self.hidden_size % self.heads:
             raise ValueError(f"`hidden_size` ({self.hidden_size}) must be a multiple of `heads` ({self.heads})")
+        if self.calibrate and self.warm_start == "none":
+            raise ValueError("`calibrate: true` pulls rows towards the warm start's marginals: set warm_start: mst")
         return self
 
 

@@ -42,6 +42,7 @@ import pandas as pd
 
 from safesynth.errors import InternalError
 from safesynth.generator import grid
+from safesynth.generator.calibrate import Target
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, pure_dp_event
 from safesynth.privacy.noise import NoiseSource
 from safesynth.privacy.planner import BudgetPlan
@@ -205,6 +206,8 @@ class _Conditional:
     column: int
     parents: tuple[int, ...]
     table: np.ndarray
+    #: The model's joint marginal over (parents..., column), summing to 1; kept in memory after a fit only.
+    joint: np.ndarray | None = None
 
 
 def _conditionals(model: Any, spec: ReleaseSpec, bins: int) -> list[_Conditional]:
@@ -231,13 +234,15 @@ def _conditionals(model: Any, spec: ReleaseSpec, bins: int) -> list[_Conditional
         col = cols[position[name]]
         if not col.nullable:
             table[..., _cells(col, bins)] = 0.0
+        joint = table / max(float(table.sum()), 1e-300)
         total = table.sum(axis=-1, keepdims=True)
         uniform = np.ones_like(table) / table.shape[-1]
         if not col.nullable:
             uniform[..., _cells(col, bins)] = 0.0
             uniform /= uniform.sum(axis=-1, keepdims=True)
         table = np.where(total > 0, table / np.where(total > 0, total, 1.0), uniform)
-        out.append(_Conditional(column=position[name], parents=tuple(position[p] for p in parents), table=table))
+        out.append(_Conditional(column=position[name], parents=tuple(position[p] for p in parents), table=table,
+                                joint=joint))
     return out
 
 
@@ -267,6 +272,25 @@ class GraphicalModel:
             conditionals = [_Conditional(column=int(o["column"]), parents=tuple(int(p) for p in o["parents"]),
                                          table=tables[f"t{i}"]) for i, o in enumerate(meta["order"])]
         return cls(spec, kind=str(meta["kind"]), bins=int(meta["bins"]), conditionals=conditionals)
+
+    def targets(self) -> list[Target]:
+        """The model's one-way marginal of every column and its two-way marginal of every (parent, column)
+        pair of its factorisation (for MST: the spanning tree it measured), on its grid.
+
+        Post-processing of the fitted model. Only a model fitted in this process has them (they are not
+        saved); raises InternalError otherwise.
+        """
+        out: list[Target] = []
+        for cond in self.conditionals:
+            if cond.joint is None:
+                raise InternalError("the marginal model's joint tables are kept only after a fit")
+            axes = len(cond.parents)
+            out.append(Target(columns=(cond.column,), table=cond.joint.sum(axis=tuple(range(axes)))))
+            for k, parent in enumerate(cond.parents):
+                others = tuple(a for a in range(axes) if a != k)
+                pair = cond.joint.sum(axis=others)  # axes (parent, column)
+                out.append(Target(columns=(parent, cond.column), table=pair))
+        return out
 
     def sample(self, rows: int, *, seed: int) -> pd.DataFrame:
         rng = np.random.default_rng(seed)

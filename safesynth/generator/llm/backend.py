@@ -27,6 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from safesynth.errors import GeneratorError, SpecError
+from safesynth.generator.calibrate import Calibration
 from safesynth.generator.llm.card import SECURE_NOISE_NOTE, model_card
 from safesynth.generator.llm.device import resolve_device
 from safesynth.generator.llm.encoding import BOS, EOS, NULL, CategoryCodec, RowCodec
@@ -193,9 +194,13 @@ class LLMBackend:
         noisy_rows, count_spend = release_row_count(len(train), epsilon=COUNT_FRACTION * stage.epsilon, noise=noise)
         account.add(count_spend)
         warm_epsilon, warm_delta = warm_budget(stage, gen)
+        calibration = None
         if gen.warm_start != "none":  # spends the warm start's share; the pretraining is post-processing
-            warm_start(lm, train, spec=spec, stage=stage, codec=codec, grammar=grammar, order=order,
-                       noisy_rows=noisy_rows, account=account, noise=noise, workdir=workdir)
+            marginal_model = warm_start(lm, train, spec=spec, stage=stage, codec=codec, grammar=grammar, order=order,
+                                        noisy_rows=noisy_rows, account=account, noise=noise, workdir=workdir)
+            if gen.calibrate:  # the MST model's marginals, post-processing
+                calibration = Calibration(bins=marginal_model.bins, targets=tuple(marginal_model.targets()),
+                                          oversample=gen.calibrate_oversample)
         sgd_delta = stage.delta - warm_delta
         schedule = schedule_dp_sgd(noisy_rows=noisy_rows, batch_size=gen.batch_size, epochs=gen.epochs,
                                    max_grad_norm=gen.max_grad_norm,
@@ -214,7 +219,7 @@ class LLMBackend:
         privacy = {"stages": [{k: v for k, v in s.to_dict().items() if k != "detail"} for s in spends],
                    "dp_sgd": {k: v for k, v in sgd_spend.detail.items() if k != "insecure_noise_reason"}}
         return FittedLLM(spec=spec, codec=codec, grammar=grammar, lm=lm, order=tuple(order), condition=condition,
-                         privacy=privacy)
+                         privacy=privacy, calibration=calibration)
 
     def load(self, directory: Path, *, spec: ReleaseSpec, device: torch.device | None = None) -> FittedLLM:
         """Load a generator saved by :meth:`FittedLLM.save` (offline), on ``device`` (default: ``generator.device``)."""
@@ -227,9 +232,11 @@ class FittedLLM:
     kind = "llm"
 
     def __init__(self, *, spec: ReleaseSpec, codec: RowCodec, grammar: Grammar, lm: LanguageModel,
-                 order: tuple[int, ...], condition: ConditionHistogram | None, privacy: dict[str, Any]) -> None:
+                 order: tuple[int, ...], condition: ConditionHistogram | None, privacy: dict[str, Any],
+                 calibration: Calibration | None = None) -> None:
         self.spec, self.codec, self.grammar, self.lm = spec, codec, grammar, lm
         self.order, self.condition, self.privacy = order, condition, privacy
+        self.calibration = calibration
         names = [codec.name_tokens[i] for i in order]
         self._order_tokens = torch.tensor([*names, EOS], dtype=torch.long)
 
@@ -243,8 +250,16 @@ class FittedLLM:
 
         Rows are generated in batches of ``sampling.batch_size`` (batch ``b`` uses a torch generator on
         the model's device seeded from ``(seed, b)``); a different batch size or device type (CPU or CUDA
-        random streams) gives different, equally valid rows.
+        random streams) gives different, equally valid rows. With a calibration (``calibrate: true``),
+        ``calibrate_oversample`` times as many rows are generated and a raking-weighted subset is kept
+        (:mod:`safesynth.generator.calibrate`).
         """
+        if self.calibration is None or rows == 0:
+            return self._generate(rows, seed=seed)
+        candidates = self._generate(rows * self.calibration.oversample, seed=seed)
+        return self.calibration.select(candidates, rows, spec=self.spec, seed=seed)
+
+    def _generate(self, rows: int, *, seed: int) -> pd.DataFrame:
         gen = _gen(self.spec)
         conditioned = None if self.condition is None else self.condition.draw(rows, seed=seed)
         sequences: list[list[int]] = []
@@ -278,6 +293,8 @@ class FittedLLM:
                     "column": self.condition.column, "tokens": list(self.condition.tokens),
                     "probabilities": list(self.condition.probabilities)}}
         (directory / _META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        if self.calibration is not None:
+            self.calibration.save(directory)
         config = self.lm.model.config
         architecture = {"model_type": config.model_type, "layers": config.num_hidden_layers,
                         "hidden_size": config.hidden_size, "heads": config.num_attention_heads,
@@ -315,4 +332,4 @@ class FittedLLM:
         condition = None if cond is None else ConditionHistogram(
             column=cond["column"], tokens=tuple(cond["tokens"]), probabilities=tuple(cond["probabilities"]))
         return cls(spec=spec, codec=codec, grammar=Grammar(codec, order=meta["order"]), lm=lm, order=tuple(meta["order"]),
-                   condition=condition, privacy=meta.get("privacy", {}))
+                   condition=condition, privacy=meta.get("privacy", {}), calibration=Calibration.load(directory))

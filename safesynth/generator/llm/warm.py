@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,9 @@ from safesynth.privacy.accountant import ReleaseAccount
 from safesynth.privacy.noise import NoiseSource
 from safesynth.privacy.planner import BudgetPlan, StageBudget
 from safesynth.spec import LLMGeneratorSpec, MSTGeneratorSpec, ReleaseSpec, TextColumn
+
+if TYPE_CHECKING:
+    from safesynth.generator.mbi import GraphicalModel
 
 __all__ = ["MAX_WARM_ROWS", "MIN_WARM_ROWS", "check_warm_start", "warm_budget", "warm_start"]
 
@@ -67,15 +71,16 @@ def warm_budget(stage: StageBudget, gen: LLMGeneratorSpec) -> tuple[float, float
 
 def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, stage: StageBudget, codec: RowCodec,
                grammar: Grammar, order: list[int], noisy_rows: float, account: ReleaseAccount, noise: NoiseSource,
-               workdir: Path) -> int:
+               workdir: Path) -> GraphicalModel:
     """Fit MST on ``train`` with the warm start's share, sample rows from it, pretrain ``lm`` on them.
 
-    Returns the pretraining steps. Records the MST spend in ``account`` as ``generator.warm_start``.
+    Returns the fitted MST model (its marginals can calibrate sampling, :mod:`safesynth.generator.calibrate`).
+    Records the MST spend in ``account`` as ``generator.warm_start``.
 
     Privacy:
         Spends :func:`warm_budget` (OpenDP's MST); everything after it is post-processing.
     """
-    from safesynth.generator.mbi import MSTBackend
+    from safesynth.generator.mbi import MSTBackend  # imports polars and mbi: only when warm starting
 
     gen = spec.generator
     if not isinstance(gen, LLMGeneratorSpec):
@@ -98,4 +103,4 @@ def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, sta
         steps = pretrain(lm, public, epochs=gen.warm_start_epochs, batch_size=WARM_BATCH,
                          learning_rate=gen.learning_rate, rng=np.random.default_rng([spec.sampling.seed, 0x3A7]))
     log.info("warm start: pretrained on %d rows of the MST model (%d steps) before DP-SGD", rows, steps)
-    return steps
+    return model
