@@ -12,17 +12,19 @@ A generator that makes its rows while fitting (``incontext``: generating reads p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import pandas as pd
 
 from safesynth.privacy.accountant import ReleaseAccount
 from safesynth.privacy.noise import NoiseSource
-from safesynth.privacy.planner import BudgetPlan
+from safesynth.privacy.planner import BudgetPlan, StageBudget
 from safesynth.spec import ReleaseSpec
 
-__all__ = ["FittedGenerator", "GeneratorBackend"]
+__all__ = ["FittedGenerator", "GeneratorBackend", "fit_within"]
 
 
 class FittedGenerator(Protocol):
@@ -61,3 +63,28 @@ class GeneratorBackend(Protocol):
     def load(self, directory: Path, *, spec: ReleaseSpec) -> FittedGenerator:
         """Load a fitted generator saved by :meth:`FittedGenerator.save`."""
         ...
+
+
+_Fitted = TypeVar("_Fitted")
+
+
+def fit_within(fit: Callable[..., _Fitted], train: pd.DataFrame, *, spec: ReleaseSpec, parent: StageBudget, share: float, delta: float,
+               account: ReleaseAccount, noise: NoiseSource, workdir: Path, as_stage: str,
+               detail: dict[str, Any]) -> tuple[_Fitted, float]:
+    """Fit another generator inside a share of ``parent`` (the generator stage); returns (model, delta spent).
+
+    ``fit`` is a backend's ``fit``; it gets a plan whose only stage is ``generator`` with ``share`` of the
+    parent's epsilon (and fraction) and ``delta``, and its own account. Its spends are then added to
+    ``account`` as ``as_stage``, with ``detail`` merged in, so the release's account shows one stage per use.
+
+    Privacy:
+        Spends what the inner generator spends, at most ``share * parent.epsilon`` and ``delta``.
+    """
+    plan = BudgetPlan(epsilon=parent.epsilon, delta=parent.delta, accountant=spec.privacy.accountant,
+                      stages=(StageBudget(name="generator", fraction=parent.fraction * share,
+                                          epsilon=share * parent.epsilon, delta=delta),))
+    own = ReleaseAccount(delta=spec.privacy.delta, accountant=spec.privacy.accountant)
+    model = fit(train, spec=spec, plan=plan, account=own, noise=noise, workdir=workdir)
+    for spend in own.spends:
+        account.add(replace(spend, stage=as_stage, detail={**spend.detail, **detail}))
+    return model, sum(s.delta for s in own.spends)

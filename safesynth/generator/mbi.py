@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from safesynth.errors import InternalError
+from safesynth.errors import GeneratorError, InternalError
 from safesynth.generator import grid
 from safesynth.generator.calibrate import Target
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend, pure_dp_event
@@ -265,12 +265,17 @@ class GraphicalModel:
 
     @classmethod
     def load(cls, directory: Path, *, spec: ReleaseSpec) -> GraphicalModel:
-        meta = json.loads((directory / "mbi.json").read_text())
-        if meta.get("format") != _FORMAT or meta.get("kind") != spec.generator.kind:
-            raise ValueError(f"{directory}: not a {spec.generator.kind} model ({meta.get('format')!r})")
-        with np.load(directory / "conditionals.npz", allow_pickle=False) as tables:
-            conditionals = [_Conditional(column=int(o["column"]), parents=tuple(int(p) for p in o["parents"]),
-                                         table=tables[f"t{i}"]) for i, o in enumerate(meta["order"])]
+        """Raises GeneratorError: ``directory`` holds no model of this spec's generator kind."""
+        try:
+            meta = json.loads((directory / "mbi.json").read_text())
+            if meta.get("format") != _FORMAT or meta.get("kind") != spec.generator.kind:
+                raise GeneratorError(f"{directory}: not a saved {spec.generator.kind} model")
+            with np.load(directory / "conditionals.npz", allow_pickle=False) as tables:
+                conditionals = [_Conditional(column=int(o["column"]), parents=tuple(int(p) for p in o["parents"]),
+                                             table=tables[f"t{i}"]) for i, o in enumerate(meta["order"])]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise GeneratorError(f"{directory}: not a saved {spec.generator.kind} model "
+                                 f"({exc.__class__.__name__})") from exc
         return cls(spec, kind=str(meta["kind"]), bins=int(meta["bins"]), conditionals=conditionals)
 
     def targets(self) -> list[Target]:

@@ -48,6 +48,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from safesynth.errors import GeneratorError, InternalError, SpecError
+from safesynth.generator.base import fit_within
 from safesynth.generator.incontext.mechanism import (
     MAX_SAMPLE_RATE,
     SENSITIVITY,
@@ -253,16 +254,11 @@ class InContextBackend:
         if not columns.others:
             return None, 0.0
         delta = OTHERS_FRACTION * stage.delta if spec.privacy.mechanism == "gaussian" else 0.0
-        sub = BudgetPlan(epsilon=stage.epsilon, delta=stage.delta, accountant=spec.privacy.accountant,
-                         stages=(StageBudget(name="generator", fraction=stage.fraction * OTHERS_FRACTION,
-                                             epsilon=OTHERS_FRACTION * stage.epsilon, delta=delta),))
-        own = ReleaseAccount(delta=spec.privacy.delta, accountant=spec.privacy.accountant)
-        sub_spec = _others_spec(spec, columns.others)
-        model = MarginalsBackend().fit(train[list(columns.others)], spec=sub_spec, plan=sub, account=own, noise=noise,
-                                       workdir=workdir)
-        for spend in own.spends:
-            account.add(replace(spend, stage="generator.others", detail={**spend.detail, "columns": len(columns.others)}))
-        return model, sum(s.delta for s in own.spends)
+        model, spent = fit_within(MarginalsBackend().fit, train[list(columns.others)],
+                                  spec=_others_spec(spec, columns.others), parent=stage, share=OTHERS_FRACTION,
+                                  delta=delta, account=account, noise=noise, workdir=workdir,
+                                  as_stage="generator.others", detail={"columns": len(columns.others)})
+        return model, spent
 
     @staticmethod
     def _groups(train: pd.DataFrame, columns: InContextColumns, codec: CategoryCodec | None,

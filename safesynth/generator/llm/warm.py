@@ -16,7 +16,6 @@ Privacy:
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,13 +23,14 @@ import numpy as np
 import pandas as pd
 
 from safesynth.errors import SpecError
+from safesynth.generator.base import fit_within
 from safesynth.generator.llm.encoding import RowCodec
 from safesynth.generator.llm.grammar import Grammar
 from safesynth.generator.llm.model import LanguageModel, torch_threads
 from safesynth.generator.llm.training import TrainingRows, pretrain
 from safesynth.privacy.accountant import ReleaseAccount
 from safesynth.privacy.noise import NoiseSource
-from safesynth.privacy.planner import BudgetPlan, StageBudget
+from safesynth.privacy.planner import StageBudget
 from safesynth.spec import LLMGeneratorSpec, MSTGeneratorSpec, ReleaseSpec, TextColumn
 
 if TYPE_CHECKING:
@@ -86,16 +86,11 @@ def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, sta
     if not isinstance(gen, LLMGeneratorSpec):
         raise SpecError("the warm start is for the llm generator")
     check_warm_start(spec)
-    epsilon, delta = warm_budget(stage, gen)
-    sub_spec = spec.model_copy(update={"generator": MSTGeneratorSpec(kind="mst")})
-    sub_plan = BudgetPlan(epsilon=stage.epsilon, delta=stage.delta, accountant=spec.privacy.accountant,
-                          stages=(StageBudget(name="generator", fraction=stage.fraction * gen.warm_start_share,
-                                              epsilon=epsilon, delta=delta),))
-    own = ReleaseAccount(delta=spec.privacy.delta, accountant=spec.privacy.accountant)
-    model = MSTBackend().fit(train, spec=sub_spec, plan=sub_plan, account=own, noise=noise, workdir=workdir)
-    for spend in own.spends:
-        account.add(replace(spend, stage="generator.warm_start",
-                            detail={**spend.detail, "purpose": "rows to pretrain on before DP-SGD"}))
+    _, delta = warm_budget(stage, gen)
+    model, _ = fit_within(MSTBackend().fit, train, spec=spec.model_copy(update={"generator": MSTGeneratorSpec(kind="mst")}),
+                          parent=stage, share=gen.warm_start_share, delta=delta, account=account, noise=noise,
+                          workdir=workdir, as_stage="generator.warm_start",
+                          detail={"purpose": "rows to pretrain on before DP-SGD"})
     rows = int(np.clip(round(noisy_rows), MIN_WARM_ROWS, MAX_WARM_ROWS))
     synthetic = model.sample(rows, seed=spec.sampling.seed)
     public = TrainingRows(codec, grammar, codec.encode_cells(synthetic), lm=lm, order=order)
