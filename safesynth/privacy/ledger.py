@@ -48,7 +48,13 @@ it with :meth:`Ledger.set_lifetime` (``safesynth budget set-lifetime``), never b
 
 Concurrency: ``reserve`` reads the spent total and inserts the new row in one transaction holding the
 dataset's lock: ``BEGIN IMMEDIATE`` on SQLite (one writer at a time across processes; every transaction
-here begins that way), ``SELECT ... FOR UPDATE`` on the dataset row elsewhere (PostgreSQL).
+here begins that way), ``SELECT ... FOR UPDATE`` on the dataset row elsewhere (PostgreSQL). On PostgreSQL
+every ledger transaction runs at ``READ COMMITTED``, set on the engine whatever the server's
+``default_transaction_isolation`` says: once the row lock is granted, the next statement (reading the
+spends) takes a fresh snapshot, which holds every reservation committed by the lock's earlier holders. At
+``REPEATABLE READ`` the snapshot would be taken before the lock was granted, and two reservations could
+both be admitted against the same stale total. Every writer of a release row (reserve, commit, cancel,
+abandon) locks the dataset row first, so no spend changes unseen while it is held.
 """
 
 from __future__ import annotations
