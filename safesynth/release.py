@@ -17,6 +17,7 @@ Ordering guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -73,7 +74,7 @@ def run_release(
 
     A release blocked by a gate does not raise: it returns ``status="blocked"`` with the reasons, and
     nothing is written under the publish target. An error raised after :func:`stages.prepare` carries
-    ``release_id`` and ``dataset`` attributes.
+    ``release_id`` and ``dataset`` attributes (spec constants: callers report them).
     """
     ctx = run("prepare", stages.prepare, str(spec_path), release_id)
     status = "failed"
@@ -81,8 +82,9 @@ def run_release(
         outcome = _run_prepared(ctx, noise=noise, run=run)
         status = outcome.status
         return outcome
-    except SafeSynthError as exc:
-        exc.release_id, exc.dataset = ctx.release_id, ctx.spec.dataset  # type: ignore[attr-defined]
+    except Exception as exc:
+        with contextlib.suppress(AttributeError):  # an exception type with __slots__ takes none
+            exc.release_id, exc.dataset = ctx.release_id, ctx.spec.dataset  # type: ignore[attr-defined]
         raise
     finally:
         run("cleanup", stages.cleanup, ctx, status=status)
