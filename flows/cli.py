@@ -1,6 +1,7 @@
 """The `safesynth` command line (the shell around the flows and the core).
 
-Commands: ``safesynth spec check``, ``safesynth release``, ``safesynth audit``, ``safesynth budget show``.
+Commands: ``safesynth spec check``, ``safesynth release``, ``safesynth audit``, ``safesynth budget ...``
+(``flows/cli_budget.py``).
 
 Exit codes: 0 published (or already published), 2 bad spec or bad input, 3 blocked by a gate or by the
 privacy budget, 1 anything else. Errors are one line on stderr; no tracebacks for errors a user can fix.
@@ -45,7 +46,7 @@ def _mount_budget() -> None:
         from safesynth.flows.cli_budget import budget_app
     except ImportError:  # pragma: no cover - only while the module is missing
         return
-    app.add_typer(budget_app, name="budget", help="The privacy budget ledger: show, set-lifetime, abandon.")
+    app.add_typer(budget_app, name="budget", help="The privacy budget ledger: list, show, set-lifetime, abandon, cancel, rebind.")
 
 
 _mount_budget()

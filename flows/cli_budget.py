@@ -2,6 +2,8 @@
 
 Commands:
 
+* ``list``: every dataset in the ledger with its lifetime, spent (closed releases), in flight (open
+  reservations, at their plan) and remaining budget. Reads only, like ``show``.
 * ``show DATASET``: lifetime, spent and remaining budget, and every release attempt. Reads only: on a
   SQLite ledger that does not exist yet it creates nothing and prints one line ("nothing recorded yet",
   exit 0); an unknown dataset in an existing ledger is an error (exit 1: most likely a typo).
@@ -9,11 +11,14 @@ Commands:
   what is spent). Specs must then declare the same lifetime.
 * ``abandon DATASET RELEASE_ID``: close an in-flight attempt whose process is gone (e.g. it crashed on
   another host): "failed" at its plan if it read data, else "cancelled".
+* ``cancel DATASET RELEASE_ID``: the refund-only subset of ``abandon``: close the in-flight attempts of a
+  release that never read data, as "cancelled" (refunded). One that read data is refused (exit 3) and
+  nothing is closed: its budget stays spent (``abandon`` closes it at its plan).
 * ``rebind DATASET --source-key KEY``: bind the dataset's budget to another source (the data moved). A
   release is refused when its source is budgeted under another dataset name, or its dataset under
   another source; the refusal prints the key to pass here.
 
-Every command takes ``--ledger-url``; without it the ledger is ``$SAFESYNTH_LEDGER_URL``, else the
+Release ids are per dataset, hence ``DATASET RELEASE_ID``. Every command takes ``--ledger-url``; without it the ledger is ``$SAFESYNTH_LEDGER_URL``, else the
 default SQLite file in ``$SAFESYNTH_HOME`` (see :func:`safesynth.privacy.ledger.resolve_ledger_url`).
 Mounted by ``flows/cli.py`` as ``app.add_typer(budget_app, name="budget")``.
 """
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich import box
@@ -58,6 +63,52 @@ def _fail(message: str, code: int) -> NoReturn:
     # escape: messages hold literal brackets (`pip install 'safesynth[postgres]'`), not Rich markup.
     Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=code)
+
+
+@budget_app.command("list")
+def list_datasets(
+    ledger_url: LedgerUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the datasets as JSON.")] = False,
+) -> None:
+    """List every dataset in the ledger: lifetime, spent, in flight and remaining budget."""
+    out = Console()
+    try:
+        url, source = resolve_with_source(override=ledger_url)
+        book = Ledger.open_existing(url, source=source)
+        if book is None:
+            if as_json:
+                out.print_json(json.dumps({"ledger": display_url(url), "exists": False, "datasets": []}))
+            else:
+                out.print(f"no budget ledger at {display_url(url)}: nothing recorded yet (the first release "
+                          "creates it)", highlight=False, markup=False, soft_wrap=True)
+            return
+        with book:
+            lines = [book.summary(name).overview() for name in book.datasets()]
+            shown = book.url
+    except SafeSynthError as exc:
+        _fail(str(exc), exc.exit_code)
+    if as_json:
+        out.print_json(json.dumps({"ledger": shown, "exists": True, "datasets": lines}))
+        return
+    out.print(_datasets(lines, shown))
+
+
+def _datasets(lines: list[dict[str, Any]], url: str) -> Table:
+    # Epsilon unless marked; the figures keep their width, a long dataset name folds.
+    table = Table(title="Privacy budget by dataset (epsilon)", show_header=True, box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    table.add_column("dataset", overflow="fold")
+    for name in ("lifetime", "spent", "in flight", "remaining", "delta left", "releases"):
+        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+    for d in lines:
+        flight = _fmt(d["in_flight_epsilon"]) + (f" ({d['in_flight_releases']})" if d["in_flight_releases"] else "")
+        table.add_row(escape(d["dataset"]), _fmt(d["lifetime_epsilon"]), _fmt(d["spent_epsilon"]), flight,
+                      _fmt(d["remaining_epsilon"]), _fmt(d["remaining_delta"], 3), str(d["releases"]))
+    if not lines:
+        table.add_row("(none)", "", "", "", "", "", "")
+    table.caption = (f"Ledger {escape(url)}. Remaining = lifetime - spent - in flight (open reservations, at "
+                     "their plan): what admits a release. Per release: `safesynth budget show DATASET`.")
+    return table
 
 
 @budget_app.command("show")
@@ -122,17 +173,36 @@ def abandon(
     ledger_url: LedgerUrl = None,
 ) -> None:
     """Close a stale in-flight attempt: failed at its plan if it read data, else cancelled (refunded)."""
+    _close(dataset, release_id, ledger_url, refund_only=False)
+
+
+@budget_app.command("cancel")
+def cancel(
+    dataset: Annotated[str, typer.Argument(help="Dataset name (the spec's `dataset`).")],
+    release_id: Annotated[str, typer.Argument(help="Release id of the reservation to refund.")],
+    ledger_url: LedgerUrl = None,
+) -> None:
+    """Refund a reservation that never read data; one that read data is refused (exit 3)."""
+    _close(dataset, release_id, ledger_url, refund_only=True)
+
+
+def _close(dataset: str, release_id: str, ledger_url: str | None, *, refund_only: bool) -> None:
+    """``abandon`` and ``cancel``: one ledger call, :meth:`Ledger.abandon`, with or without ``refund_only``."""
+    what = "cancel" if refund_only else "abandon"
     try:
         url, source = resolve_with_source(override=ledger_url)
         book = Ledger.open_existing(url, source=source)
         if book is None:
-            _fail(f"no budget ledger at {display_url(url)}: nothing to abandon", 1)
+            _fail(f"no budget ledger at {display_url(url)}: nothing to {what}", 1)
         with book:
-            closed = book.abandon(dataset, release_id)
+            closed = book.abandon(dataset, release_id, refund_only=refund_only)
     except SafeSynthError as exc:
         _fail(str(exc), exc.exit_code)
     for r in closed:
-        charged = "refunded" if r.status == "cancelled" else f"charged epsilon {_fmt(r.epsilon)}, delta {_fmt(r.delta, 3)}"
+        if r.status == "cancelled":
+            charged = f"refunded epsilon {_fmt(r.planned_epsilon)}, delta {_fmt(r.planned_delta, 3)}"
+        else:
+            charged = f"charged epsilon {_fmt(r.epsilon)}, delta {_fmt(r.delta, 3)}"
         Console().print(f"release `{release_id}` attempt {r.attempt}: {r.status} ({charged})", highlight=False,
                         markup=False)
 

@@ -2,7 +2,8 @@
 
 Runs on Prefect's embedded local API (SQLite) by default; no server needs starting. The stage order lives
 in ``run_release`` alone. A blocked or failed release ends the flow **Failed** with one line; every run
-leaves a markdown artifact summary. Expected errors (:class:`~safesynth.errors.SafeSynthError`) are
+leaves a markdown artifact summary and emits one Prefect event, ``safesynth.release.published``,
+``.blocked`` or ``.failed`` (published-zone fields only, see ``flows/events.py``). Expected errors (:class:`~safesynth.errors.SafeSynthError`) are
 logged as one line, without the traceback Prefect's engines would add; bugs keep their traceback.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed
+from safesynth.flows.events import emit_release_event, internal_error_outcome
 from safesynth.tasks.release import run_as_task
 
 from safesynth.errors import SafeSynthError
@@ -51,7 +53,11 @@ def release(spec_path: str, release_id: str | None = None) -> Any:
         outcome = run_release(spec_path, release_id=release_id, run=run_as_task)
     except SafeSynthError as exc:
         outcome = outcome_for_error(exc)
+    except Exception as exc:  # a bug: the flow still fails with its traceback, after the event
+        emit_release_event(internal_error_outcome(exc))
+        raise
     _artifact(outcome)
+    emit_release_event(outcome)
     if outcome.exit_code:
         logger.error(outcome.message)
         return Failed(message=outcome.message, data=outcome)

@@ -21,6 +21,7 @@ Hierarchy::
     |   +-- BudgetExceededError         exit 3: the planned spend does not fit the remaining budget
     |   +-- LedgerError                 the budget ledger cannot be read or written
     |       +-- ReleaseInProgressError  another attempt of the same release id holds its reservation
+    |       +-- RefundRefusedError      exit 3: a reservation that read private data cannot be refunded
     +-- GeneratorError                  exit 1: fitting or sampling the generator failed
     +-- GateFailedError                 exit 3: an audit gate blocked the release (per-gate reasons)
     +-- PublishError                    exit 1: the release could not be published atomically
@@ -46,6 +47,7 @@ __all__ = [
     "PrivacyError",
     "PublishError",
     "ReleaseIdConflictError",
+    "RefundRefusedError",
     "ReleaseInProgressError",
     "SafeSynthError",
     "SamplingError",
@@ -147,6 +149,12 @@ class LedgerError(PrivacyError):
 
 class ReleaseInProgressError(LedgerError):
     """Another attempt of the same release id holds a reservation (running, or stale on another host)."""
+
+
+class RefundRefusedError(LedgerError):
+    """A refund was asked for a reservation that already read private data: its budget stays spent."""
+
+    exit_code = 3
 
 
 class GeneratorError(SafeSynthError):

@@ -11,11 +11,13 @@ Ordering guarantees:
     the release's whole spend, audit included;
   * the ledger records the outcome after publishing; if it cannot, the outcome is kept durably and
     recorded by the next run, and a release that is visible is reported as published, never as failed;
-  * the private work directory is removed on every exit path.
+  * the private work directory is removed on every exit path, or quarantined (restricted, for a set
+    retention) after a blocked or failed release that read data (:meth:`safesynth.workspace.Workspace.finish`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -72,16 +74,20 @@ def run_release(
 
     A release blocked by a gate does not raise: it returns ``status="blocked"`` with the reasons, and
     nothing is written under the publish target. An error raised after :func:`stages.prepare` carries
-    ``release_id`` and ``dataset`` attributes.
+    ``release_id`` and ``dataset`` attributes (spec constants: callers report them).
     """
     ctx = run("prepare", stages.prepare, str(spec_path), release_id)
+    status = "failed"
     try:
-        return _run_prepared(ctx, noise=noise, run=run)
-    except SafeSynthError as exc:
-        exc.release_id, exc.dataset = ctx.release_id, ctx.spec.dataset  # type: ignore[attr-defined]
+        outcome = _run_prepared(ctx, noise=noise, run=run)
+        status = outcome.status
+        return outcome
+    except Exception as exc:
+        with contextlib.suppress(AttributeError):  # an exception type with __slots__ takes none
+            exc.release_id, exc.dataset = ctx.release_id, ctx.spec.dataset  # type: ignore[attr-defined]
         raise
     finally:
-        run("cleanup", stages.cleanup, ctx)
+        run("cleanup", stages.cleanup, ctx, status=status)
 
 
 def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Runner) -> ReleaseOutcome:

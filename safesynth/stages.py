@@ -6,7 +6,8 @@ as a Prefect task in ``flows/``). The spec is loaded once, in :func:`prepare`, i
 :class:`ResolvedSpec`), so no stage chooses between "the spec" and "the resolved spec".
 
 Private rows only ever live in the attempt's private work directory (:mod:`safesynth.workspace`, mode
-0700), which is removed on every exit path; exact diagnostics go to the attempt's restricted reports
+0700), which is removed on every exit path, or quarantined (still mode 0700, for a set retention) after a
+blocked or failed release that read data; exact diagnostics go to the attempt's restricted reports
 directory.
 
 Privacy invariants enforced here, at the point of danger:
@@ -708,8 +709,13 @@ def is_published(ctx: RunContext) -> bool:
         return False
 
 
-def cleanup(ctx: RunContext) -> None:
-    """Remove the attempt's work directory (private rows, models) and its ``sampling.model_store`` scratch.
+def cleanup(ctx: RunContext, *, status: str) -> None:
+    """End the attempt: remove its ``sampling.model_store`` scratch, and its work directory (private rows,
+    models), which is quarantined instead after a blocked or failed release that read data (see
+    :meth:`Workspace.finish <safesynth.workspace.Workspace.finish>`).
+
+    Args:
+        status: the release's outcome: published, already_published, blocked or failed.
 
     The restricted reports stay.
     """
@@ -722,4 +728,4 @@ def cleanup(ctx: RunContext) -> None:
     except Exception as exc:  # noqa: BLE001 - cleanup must not mask the release's own outcome
         log.warning("could not remove the sampling scratch in sampling.model_store (%s)", exc.__class__.__name__)
     finally:
-        ctx.workspace.close()
+        ctx.workspace.finish(status, data_read=ctx.path("data_read").exists())

@@ -18,6 +18,7 @@ Life of a release::
     commit(status=published|blocked|failed, spends) counted as below
     cancel()   -> status "cancelled"                refund; refused once data was read
     abandon()  (operator, for a dead owner)         "failed" at the plan if data was read, else "cancelled"
+    abandon(refund_only=True)  (``budget cancel``)  "cancelled"; refused whole once an attempt read data
 
 What a commit charges, and how ``spent`` and ``remaining`` are computed (and why that is sound):
 see :mod:`safesynth.privacy.ledger_records`. ``budget show`` reports exactly the figures ``reserve``
@@ -48,7 +49,13 @@ it with :meth:`Ledger.set_lifetime` (``safesynth budget set-lifetime``), never b
 
 Concurrency: ``reserve`` reads the spent total and inserts the new row in one transaction holding the
 dataset's lock: ``BEGIN IMMEDIATE`` on SQLite (one writer at a time across processes; every transaction
-here begins that way), ``SELECT ... FOR UPDATE`` on the dataset row elsewhere (PostgreSQL).
+here begins that way), ``SELECT ... FOR UPDATE`` on the dataset row elsewhere (PostgreSQL). On PostgreSQL
+every ledger transaction runs at ``READ COMMITTED``, set on the engine whatever the server's
+``default_transaction_isolation`` says: once the row lock is granted, the next statement (reading the
+spends) takes a fresh snapshot, which holds every reservation committed by the lock's earlier holders. At
+``REPEATABLE READ`` the snapshot would be taken before the lock was granted, and two reservations could
+both be admitted against the same stale total. Every writer of a release row (reserve, commit, cancel,
+abandon) locks the dataset row first, so no spend changes unseen while it is held.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ from safesynth.errors import (
     InternalError,
     LedgerError,
     PrivacyError,
+    RefundRefusedError,
     ReleaseInProgressError,
     SourceMismatchError,
     SpecError,
@@ -488,7 +496,8 @@ class Ledger:
         """Refund a reservation whose process never read private data (cancelling twice is a no-op).
 
         Raises:
-            LedgerError: data was read (the budget stays spent), or the attempt is already closed.
+            RefundRefusedError: data was read (the budget stays spent).
+            LedgerError: the attempt is already closed.
         """
 
         def body(conn: Connection) -> None:
@@ -498,7 +507,7 @@ class Ledger:
                 return
             require_status(row, reservation, "reserved", action="cancel")
             if row["data_read"]:
-                raise LedgerError(
+                raise RefundRefusedError(
                     f"release `{reservation.release_id}` (attempt {reservation.attempt}) already read private "
                     "data: its budget stays spent and cannot be refunded"
                 )
@@ -515,17 +524,22 @@ class Ledger:
 
     # Operator actions -------------------------------------------------------------------------
 
-    def abandon(self, dataset: str, release_id: str) -> list[ReleaseRecord]:
+    def abandon(self, dataset: str, release_id: str, *, refund_only: bool = False) -> list[ReleaseRecord]:
         """Close the in-flight attempts of ``release_id`` whose process is gone (operator command).
 
         Each is closed as "failed" at its planned amount if it read data (never refunded), else
         "cancelled" (refunded). Use it for a crash on another host, which :meth:`reserve` cannot verify.
+
+        Args:
+            refund_only: close nothing unless every in-flight attempt never read data, so that all of them
+                are refunded (``safesynth budget cancel``); an attempt that read data is refused whole.
 
         Returns:
             The closed attempts, as now recorded.
 
         Raises:
             LedgerError: no attempt is in flight, or its owner runs on this machine and is alive.
+            RefundRefusedError: ``refund_only`` and an in-flight attempt already read private data.
         """
 
         def body(conn: Connection) -> list[int]:
@@ -533,6 +547,12 @@ class Ledger:
             rows = [r for r in self._rows(conn, dataset, release_id) if r["status"] == "reserved"]
             if not rows:
                 raise LedgerError(f"release `{release_id}` of dataset `{dataset}` has no attempt in flight")
+            read = [r for r in rows if r["data_read"]]
+            if refund_only and read:
+                raise RefundRefusedError(
+                    f"release `{release_id}` of dataset `{dataset}` (attempt {read[0]['attempt']}) already read "
+                    "private data: its budget stays spent and cannot be refunded; if its process is gone, close "
+                    f"it at its plan with `safesynth budget abandon {dataset} {release_id}`")
             for row in rows:
                 owner = owner_of(row)
                 if owner is not None and owner.state() == "alive":

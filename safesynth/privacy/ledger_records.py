@@ -146,6 +146,23 @@ class BudgetSummary:
     releases: tuple[ReleaseRecord, ...]
     source_key: str | None = None  # the source the budget is bound to (None: no release bound it yet)
 
+    def overview(self) -> dict[str, Any]:
+        """One line of ``safesynth budget list``: lifetime, spent, in flight and remaining.
+
+        ``spent_*`` counts the closed releases, ``in_flight_*`` the reservations still open (at their plan);
+        ``remaining = lifetime - spent - in flight``, exactly what :meth:`Ledger.reserve` admits against.
+        """
+        closed = [r for r in self.releases if r.status != "reserved"]
+        open_ = [r for r in self.releases if r.status == "reserved"]
+        return {
+            "dataset": self.dataset, "lifetime_epsilon": self.lifetime_epsilon, "lifetime_delta": self.lifetime_delta,
+            "spent_epsilon": math.fsum(r.epsilon for r in closed), "spent_delta": math.fsum(r.delta for r in closed),
+            "in_flight_epsilon": math.fsum(r.epsilon for r in open_),
+            "in_flight_delta": math.fsum(r.delta for r in open_), "in_flight_releases": len(open_),
+            "remaining_epsilon": self.remaining_epsilon, "remaining_delta": self.remaining_delta,
+            "releases": len(self.releases), "source_key": self.source_key,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "releases"}
         if not math.isfinite(self.spent_epsilon_composed):

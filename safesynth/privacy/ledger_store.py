@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 LEDGER_URL_ENV = "SAFESYNTH_LEDGER_URL"
 POSTGRES_FIX = "pip install 'safesynth[postgres]'"
+#: The isolation level of every ledger transaction on PostgreSQL (see :func:`make_engine`).
+POSTGRES_ISOLATION = "READ COMMITTED"
 
 metadata = MetaData()
 datasets = Table(
@@ -233,7 +235,12 @@ def make_engine(url: URL, *, lock_timeout: float) -> Engine:
     callers retry it, see :func:`with_retries`)."""
     if url.get_backend_name() == "postgresql":
         options = f"-c lock_timeout={max(1, int(lock_timeout * 1000))}"  # 55P03 after that: transient
-        return create_engine(url, pool_pre_ping=True, connect_args={"options": options})
+        # READ COMMITTED, whatever the server's default_transaction_isolation: reserve() locks the dataset
+        # row, then reads the spends; each statement must see what the lock's previous holder committed.
+        # Under REPEATABLE READ the snapshot is taken before the lock is granted, and two reservations
+        # could both fit against a stale total (see the Concurrency section of safesynth.privacy.ledger).
+        return create_engine(url, pool_pre_ping=True, isolation_level=POSTGRES_ISOLATION,
+                             connect_args={"options": options})
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": lock_timeout})

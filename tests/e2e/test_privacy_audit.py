@@ -90,7 +90,7 @@ def share_of_a(spec: Path, frame: pd.DataFrame, split: Callable[..., tuple[Path,
         synthetic = stages.sample(ctx, stages.fit(ctx, train)).read()
         return float((synthetic["c"] == "a").mean())
     finally:
-        stages.cleanup(ctx)
+        stages.cleanup(ctx, status="published")  # removes the work directory
 
 
 def epsilon_lower_bound(positives_d: int, positives_d1: int, trials: int) -> float:

@@ -3,13 +3,12 @@
 The session fixture ``postgres_url`` (tests/conftest.py) starts a real server with ``initdb`` + ``pg_ctl``
 unless ``SAFESYNTH_TEST_POSTGRES_URL`` names one (a URL whose user may create databases, e.g.
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``). Each test gets a fresh database, dropped
-afterwards.
+afterwards (``pg_url``, tests/unit/privacy/conftest.py).
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -19,18 +18,6 @@ from safesynth.errors import ReleaseIdConflictError, ReleaseInProgressError
 from safesynth.privacy.ledger import Ledger, check_ledger
 from tests.unit.privacy import _ledger_workers as workers
 from tests.unit.privacy._ledger_helpers import process_context, reserve
-
-
-@pytest.fixture
-def pg_url(postgres_url):
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"safesynth_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
 
 
 def test_reserve_commit_and_release_id_rules_on_postgresql(pg_url):
@@ -45,6 +32,44 @@ def test_reserve_commit_and_release_id_rules_on_postgresql(pg_url):
         with pytest.raises(ReleaseIdConflictError):
             reserve(ledger, "r1", digest="other")
         assert ledger.summary("adult").spent_epsilon_basic == 1.0  # failed after reading: the plan at least
+
+
+def isolation_seen_by_reserve(ledger, monkeypatch) -> list[str]:
+    """Record ``SHOW transaction_isolation`` inside each reservation's transaction, once the row is locked."""
+    seen: list[str] = []
+    lock = Ledger._lock_dataset
+
+    def lock_and_look(self, conn, dataset):
+        row = lock(self, conn, dataset)
+        seen.append(conn.exec_driver_sql("SHOW transaction_isolation").scalar_one())
+        return row
+
+    monkeypatch.setattr(Ledger, "_lock_dataset", lock_and_look)
+    return seen
+
+
+def test_reservations_run_at_read_committed_as_the_ledger_states(pg_url, monkeypatch):
+    with Ledger.open(pg_url) as ledger:
+        seen = isolation_seen_by_reserve(ledger, monkeypatch)
+        reserve(ledger, "r1")
+    assert seen == ["read committed"]
+
+
+def test_a_server_default_of_repeatable_read_does_not_change_the_ledgers_isolation(pg_url, monkeypatch):
+    # Under REPEATABLE READ the spends would be read from a snapshot taken before the row lock was granted.
+    database = make_url(pg_url).database
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"ALTER DATABASE {database} SET default_transaction_isolation TO 'repeatable read'"))
+    admin.dispose()
+    with create_engine(pg_url).connect() as conn:  # the setting is live for a plain connection
+        assert conn.exec_driver_sql("SHOW transaction_isolation").scalar_one() == "repeatable read"
+    with Ledger.open(pg_url) as ledger:
+        seen = isolation_seen_by_reserve(ledger, monkeypatch)
+        first = reserve(ledger, "r1")
+        ledger.mark_data_read(first)
+        reserve(ledger, "r2")
+    assert seen == ["read committed"] * 3
 
 
 def test_an_older_postgresql_ledger_gets_the_owner_column(pg_url):
