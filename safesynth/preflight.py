@@ -35,10 +35,14 @@ def check_release_id(release_id: str) -> str:
 
 
 def check_target(spec: ReleaseSpec) -> None:
-    """The publish target is a directory that exists or can be created, and is writable.
+    """The publisher of ``publish.format`` loads and accepts its settings (its library imports, the catalog
+    URL parses); a local target (directory, Delta table or warehouse) is a directory that exists or can be created, and is writable.
 
     Object-store targets are checked when publishing (credentials and buckets are the store's business).
     """
+    from safesynth.publishers import publisher_for
+
+    publisher_for(spec).check()  # SpecError: a missing optional library, a bad catalog URL, ...
     target = spec.target_uri
     if "://" in target and not target.startswith("file://"):
         return
