@@ -46,6 +46,7 @@ __all__ = [
     "publisher_for",
     "register",
     "release_info",
+    "show_release",
 ]
 
 #: Built-in formats and the module that registers each (imported on first use).
@@ -259,7 +260,9 @@ def release_info(manifest: Mapping[str, Any], *, dataset: str, release_id: str, 
         value = privacy.get(key)
         return None if value is None else float(value)
 
-    files = tuple(str(f.get("path", "")) for f in manifest.get("files", []) if isinstance(f, dict))
+    # A table's release has a version, not files of its own (the manifest's parts were written into it).
+    files = () if version is not None else tuple(
+        str(f.get("path", "")) for f in manifest.get("files", []) if isinstance(f, dict))
     created = manifest.get("created_at")
     return ReleaseInfo(dataset=dataset, release_id=release_id, created_at=None if created is None else str(created),
                        epsilon=number("epsilon"), delta=number("delta"), location=location, version=version,
@@ -268,3 +271,23 @@ def release_info(manifest: Mapping[str, Any], *, dataset: str, release_id: str, 
 
 def same_manifest(existing: Mapping[str, Any], manifest: Mapping[str, Any]) -> bool:
     return manifest_digest(existing) == manifest_digest(manifest)
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def show_release(publisher: Publisher, dataset: str, release_id: str = "latest") -> ReleaseInfo:
+    """One published release of ``dataset``: ``release_id``, or the one consumers read for ``"latest"``.
+
+    Raises:
+        PublishError: nothing is published under that id (or at all, for ``"latest"``).
+    """
+    if release_id == "latest":
+        found = publisher.latest(dataset)
+        if found is None:
+            raise PublishError(f"no release of dataset `{dataset}` is published there")
+        return found
+    for info in publisher.releases(dataset):
+        if info.release_id == release_id:
+            return info
+    raise PublishError(f"release `{release_id}` of dataset `{dataset}` is not published there")
