@@ -293,6 +293,18 @@ def _publish_remote(files: list[Path], manifest: dict[str, Any], final: str,
         if isinstance(exc, PublishError):
             raise
         raise PublishError(f"cannot publish to {final}: {exc.__class__.__name__}: {exc}") from exc
+    _remove_unlisted(fs, root, {renamed[p.name] for p in files})
+
+
+def _remove_unlisted(fs: Any, root: str, listed: set[str]) -> None:
+    """Remove parts our manifest does not name: those of an attempt that died before its manifest."""
+    try:
+        for path in fs.ls(root, detail=False, refresh=True):
+            name = str(path).rstrip("/").rsplit("/", 1)[-1]
+            if name != MANIFEST and name not in listed:
+                fs.rm_file(path)
+    except Exception:  # noqa: BLE001, S110 - best effort: unlisted parts are never read (readers trust the manifest)
+        pass
 
 
 def _dumps(manifest: dict[str, Any]) -> bytes:

@@ -117,6 +117,12 @@ def test_a_publisher_killed_before_its_commit_leaves_the_previous_release_latest
     # The next attempt publishes the release, and only then does latest move.
     publisher.publish(parts, manifest("r2", day=2), dataset="ds", release_id="r2")
     assert publisher.latest("ds").release_id == "r2" and read_release(target, "r2") == [2, 3]
+    if fmt == "files":  # the dead attempt's parts are gone: the release holds what its manifest lists
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(f"{target.target}/ds/r2", **target.storage_options)
+        names = sorted(p.rsplit("/", 1)[1] for p in fs.ls(root, refresh=True))
+        assert names == sorted(["manifest.json", *publisher.latest("ds").files])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
