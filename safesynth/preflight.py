@@ -36,13 +36,17 @@ def check_release_id(release_id: str) -> str:
 
 def check_target(spec: ReleaseSpec) -> None:
     """The publisher of ``publish.format`` loads and accepts its settings (its library imports, the catalog
-    URL parses); a local target (directory, Delta table or warehouse) is a directory that exists or can be created, and is writable.
+    URL parses, an existing table has the declared column types); a local target (directory, Delta table or
+    warehouse) is a directory that exists or can be created, and is writable.
 
     Object-store targets are checked when publishing (credentials and buckets are the store's business).
     """
     from safesynth.publishers import publisher_for
+    from safesynth.schema import arrow_schema
 
-    publisher_for(spec).check()  # SpecError: a missing optional library, a bad catalog URL, ...
+    publisher = publisher_for(spec)
+    publisher.check()  # SpecError: a missing optional library, a bad catalog URL, ...
+    publisher.check_schema(arrow_schema(spec))  # an existing table takes the declared column types
     target = spec.target_uri
     if "://" in target and not target.startswith("file://"):
         return

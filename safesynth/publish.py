@@ -201,6 +201,9 @@ class FilesPublisher:
             raise SpecError(f"`publish.target` ({self.target}) cannot be opened: {exc.__class__.__name__}: "
                             f"{exc}") from exc
 
+    def check_schema(self, schema: Any) -> None:
+        del schema  # every release has its own files
+
     def location(self, dataset: str, release_id: str) -> str:
         return _join(self.target, dataset, release_id)
 

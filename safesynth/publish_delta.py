@@ -33,6 +33,7 @@ from safesynth.publishers import (
     PublishedRelease,
     PublishTarget,
     ReleaseInfo,
+    check_columns,
     manifest_from_properties,
     privacy_properties,
     register,
@@ -76,6 +77,14 @@ class DeltaPublisher:
             if path.is_dir() and any(path.iterdir()) and not (path / "_delta_log").is_dir():
                 raise SpecError(f"`publish.target` ({self.uri}) is a non-empty directory that is not a Delta table")
         # Object-store targets are checked when publishing (credentials and buckets are the store's business).
+
+    def check_schema(self, schema: pa.Schema) -> None:
+        try:
+            table = self._table(required=False)
+        except PublishError as exc:
+            raise SpecError(f"`publish.target`: {exc}") from exc
+        if table is not None:
+            check_columns(pa.schema(table.schema().to_arrow()), schema, where=self.uri)
 
     def location(self, dataset: str, release_id: str) -> str:
         return self.uri

@@ -32,6 +32,7 @@ from safesynth.publishers import (
     PublishedRelease,
     PublishTarget,
     ReleaseInfo,
+    check_columns,
     manifest_from_properties,
     privacy_properties,
     register,
@@ -72,10 +73,28 @@ class IcebergPublisher:
             url = make_url(self.catalog_url)
         except ArgumentError as exc:
             raise SpecError(f"`publish.catalog` ({self.catalog_url}) is not a SQLAlchemy URL") from exc
+        try:
+            url.get_dialect()
+        except Exception as exc:  # noqa: BLE001 - NoSuchModuleError, or the driver's ImportError
+            raise SpecError(f"`publish.catalog` ({self.catalog_display}): no SQLAlchemy driver for "
+                            f"{url.drivername} ({exc.__class__.__name__}); install it") from exc
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             parent = Path(url.database).parent
             if not parent.is_dir():
                 raise SpecError(f"`publish.catalog` ({self.catalog_url}): directory {parent} does not exist")
+
+    def check_schema(self, schema: pa.Schema) -> None:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.catalog_url)
+        if url.get_backend_name() == "sqlite" and (not url.database or not Path(url.database).exists()):
+            return  # no catalog yet: the first publish creates it and the table
+        try:
+            table = self._table(self._catalog())
+        except PublishError as exc:
+            raise SpecError(f"`publish.catalog`: {exc}") from exc
+        if table is not None:
+            check_columns(table.schema().as_arrow(), schema, where=f"{self.table_name}")
 
     def location(self, dataset: str, release_id: str) -> str:
         return f"{self.catalog_display}#{self.table_name}"

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 from safesynth.errors import PublishError, SpecError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from safesynth.spec import ReleaseSpec
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "PublishedRelease",
     "Publisher",
     "ReleaseInfo",
+    "check_columns",
     "create_publisher",
     "known_formats",
     "manifest_digest",
@@ -131,6 +134,14 @@ class Publisher(Protocol):
 
         Raises:
             SpecError: the target cannot be published to as configured.
+        """
+        ...
+
+    def check_schema(self, schema: pa.Schema) -> None:
+        """An existing table can take rows of ``schema`` (the spec's declared columns; checked in preflight).
+
+        Raises:
+            SpecError: a column has another type in the table, or the table cannot be read.
         """
         ...
 
@@ -267,6 +278,27 @@ def release_info(manifest: Mapping[str, Any], *, dataset: str, release_id: str, 
     return ReleaseInfo(dataset=dataset, release_id=release_id, created_at=None if created is None else str(created),
                        epsilon=number("epsilon"), delta=number("delta"), location=location, version=version,
                        files=files, manifest=dict(manifest))
+
+
+def check_columns(existing: pa.Schema, wanted: pa.Schema, *, where: str) -> None:
+    """Refuse a release whose declared columns have other types than the table's (before any spend).
+
+    Raises:
+        SpecError: naming the columns and both types (schema only, never values).
+    """
+    import pyarrow as pa
+
+    def family(t: pa.DataType) -> str:
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return "string"
+        return str(t)
+
+    have = {f.name: f.type for f in existing}
+    bad = [f"{f.name} ({family(have[f.name])} there, {family(f.type)} here)" for f in wanted
+           if f.name in have and family(have[f.name]) != family(f.type)]
+    if bad:
+        raise SpecError(f"`publish.target` ({where}): columns have other types in the existing table: "
+                        f"{', '.join(bad)}; publish into a new table (or keep the column types)")
 
 
 def same_manifest(existing: Mapping[str, Any], manifest: Mapping[str, Any]) -> bool:

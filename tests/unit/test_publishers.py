@@ -178,3 +178,32 @@ def test_iceberg_check_refuses_a_catalog_that_is_not_a_url(tmp_path):
         create_publisher(bad).check()
     with pytest.raises(SpecError, match="not a SQLAlchemy URL"):
         create_publisher(PublishTarget(format="iceberg", target=str(tmp_path), catalog="::", table="a.b")).check()
+
+
+@pytest.mark.parametrize("fmt", ["delta", "iceberg"])
+def test_preflight_refuses_declared_types_an_existing_table_cannot_take(fmt, tmp_path):
+    publisher = create_publisher(target_for(fmt, tmp_path))
+    same = pa.schema([("age", pa.int64()), ("city", pa.string()), ("new", pa.bool_())])
+    publisher.check_schema(same)  # no table yet
+    publisher.publish(make_part(tmp_path, "a", [1]), manifest("r1", day=1), dataset="ds", release_id="r1")
+    publisher.check_schema(same)  # same types, and a new column: fine
+    with pytest.raises(SpecError, match=r"age \(int64 there, double here\); publish into a new table"):
+        publisher.check_schema(pa.schema([("age", pa.float64()), ("city", pa.string())]))
+
+
+def test_preflight_checks_the_publisher_of_the_spec(tmp_path):
+    import yaml
+
+    from safesynth.preflight import check_target
+    from safesynth.spec import load_spec
+    from tests.unit.test_spec import ISSUE_EXAMPLE
+
+    data = yaml.safe_load(ISSUE_EXAMPLE)
+    data["publish"] = {"format": "iceberg", "target": "wh", "catalog": "sqlite:///no/such/dir/c.db", "table": "a.b"}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match="does not exist"):
+        check_target(load_spec(tmp_path / "spec.yaml"))
+    data["publish"] = {"format": "delta", "target": "table"}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
+    check_target(load_spec(tmp_path / "spec.yaml"))
+    assert not (tmp_path / "table").exists()  # checking writes nothing
