@@ -146,3 +146,21 @@ def test_two_processes_publishing_one_release_id_exactly_one_wins(fmt, s3_endpoi
     [published] = publisher.releases("ds")
     assert published.manifest["writer"] == winner
     assert read_release(target, "r1") == [10 + winner]
+
+
+def test_delta_commits_on_s3_are_put_if_absent(s3_endpoint):
+    """The primitive the delta publisher's race safety rests on: on S3 (no lock, no unsafe rename), a second
+    commit at a version another writer took fails instead of overwriting its log entry."""
+    import pyarrow as pa
+    from deltalake import CommitProperties, DeltaTable, write_deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    uri, options = f"s3://releases/put-if-absent-{uuid.uuid4().hex[:8]}", delta_options(s3_endpoint)
+    rows = pa.table({"x": [1]})
+    write_deltalake(uri, rows, storage_options=options)
+    first, second = (DeltaTable(uri, storage_options=options) for _ in range(2))
+    once = CommitProperties(max_commit_retries=0)
+    write_deltalake(first, rows, mode="append", storage_options=options, commit_properties=once)
+    with pytest.raises(CommitFailedError):
+        write_deltalake(second, rows, mode="append", storage_options=options, commit_properties=once)
+    assert DeltaTable(uri, storage_options=options).version() == 1
