@@ -1,7 +1,7 @@
 """The `safesynth` command line (the shell around the flows and the core).
 
 Commands: ``safesynth spec check``, ``safesynth release``, ``safesynth audit``, ``safesynth budget ...``
-(``flows/cli_budget.py``).
+(``flows/cli_budget.py``), ``safesynth releases list|show`` (``flows/cli_releases.py``).
 
 Exit codes: 0 published (or already published), 2 bad spec or bad input, 3 blocked by a gate or by the
 privacy budget, 1 anything else. Errors are one line on stderr; no tracebacks for errors a user can fix.
@@ -50,6 +50,15 @@ def _mount_budget() -> None:
 
 
 _mount_budget()
+
+
+def _mount_releases() -> None:
+    from safesynth.flows.cli_releases import releases_app
+
+    app.add_typer(releases_app, name="releases", help="Published releases: list, show (with their epsilon).")
+
+
+_mount_releases()
 
 
 def set_runtime_defaults() -> None:

@@ -35,10 +35,18 @@ def check_release_id(release_id: str) -> str:
 
 
 def check_target(spec: ReleaseSpec) -> None:
-    """The publish target is a directory that exists or can be created, and is writable.
+    """The publisher of ``publish.format`` loads and accepts its settings (its library imports, the catalog
+    URL parses, an existing table has the declared column types); a local target (directory, Delta table or
+    warehouse) is a directory that exists or can be created, and is writable.
 
     Object-store targets are checked when publishing (credentials and buckets are the store's business).
     """
+    from safesynth.publishers import publisher_for
+    from safesynth.schema import arrow_schema
+
+    publisher = publisher_for(spec)
+    publisher.check()  # SpecError: a missing optional library, a bad catalog URL, ...
+    publisher.check_schema(arrow_schema(spec))  # an existing table takes the declared column types
     target = spec.target_uri
     if "://" in target and not target.startswith("file://"):
         return

@@ -1,7 +1,9 @@
-"""Atomic publishing of a release to a local directory or any fsspec URL.
+"""The ``files`` publisher: atomic publishing of a release to a local directory or any fsspec URL.
 
-Layout: ``<target>/<dataset>/<release_id>/part-*.parquet`` and ``manifest.json``. Readers trust the
-manifest only: it lists every file with its size and SHA-256, and it is written last.
+Layout: ``<target>/<dataset>/<release_id>/part-*.parquet`` and ``manifest.json``, and one pointer per
+dataset, ``<target>/<dataset>/LATEST`` (JSON: the release id and its manifest's path), moved only after a
+manifest was written. Readers trust the manifest only: it lists every file with its size and SHA-256, and it
+is written last; consumers find the current release through ``LATEST`` (:func:`read_latest`).
 
 Atomicity:
   * local filesystem: the files and the manifest are written to a hidden staging directory beside the
@@ -15,6 +17,11 @@ Atomicity:
     removes its own parts.
 Publishing a release id that already has a manifest is refused; publishing an identical manifest again is
 a no-op (idempotent re-runs of a scheduled job).
+
+The ``LATEST`` pointer is one small object written after the manifest: atomically replaced on a local
+filesystem (``os.replace``), one whole-object PUT on an object store. A publisher that dies before it leaves
+the pointer at the previous release (whose files are untouched); re-publishing the release moves it. It never
+moves back to a release created before the one it names.
 """
 
 from __future__ import annotations
@@ -24,27 +31,21 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
-from safesynth.errors import PublishError
+from safesynth.errors import PublishError, SpecError
 from safesynth.output import sha256_file
 from safesynth.owner import Owner
+from safesynth.publishers import PublishedRelease, PublishTarget, ReleaseInfo, register, release_info
 
-__all__ = ["PublishedRelease", "build_manifest_files", "find_published", "publish_release", "sweep_staging"]
+__all__ = ["FilesPublisher", "PublishedRelease", "build_manifest_files", "find_published", "publish_release",
+           "read_latest", "sweep_staging"]
 
 MANIFEST = "manifest.json"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PublishedRelease:
-    location: str
-    manifest: str
-    files: tuple[str, ...]
-    already_published: bool = False
+LATEST = "LATEST"
 
 
 def _join(base: str, *parts: str) -> str:
@@ -94,6 +95,7 @@ def publish_release(
     final = _join(target, dataset, release_id)
     if existing is not None:
         if _same_release(existing, manifest):
+            _move_latest(target, dataset, release_id, existing, storage_options or {})  # a crash may have left it
             return PublishedRelease(location=final, manifest=_join(final, MANIFEST),
                                     files=tuple(f["path"] for f in manifest["files"]), already_published=True)
         raise PublishError(f"release `{release_id}` is already published at {final}; "
@@ -102,7 +104,132 @@ def publish_release(
         _publish_local(files, _dumps(manifest), _local_path(target) / dataset, release_id)
     else:
         _publish_remote(files, manifest, final, storage_options or {})
+    _move_latest(target, dataset, release_id, manifest, storage_options or {})
     return PublishedRelease(location=final, manifest=_join(final, MANIFEST), files=tuple(p.name for p in files))
+
+
+# ------------------------------------------------------------------------------------ LATEST pointer
+
+
+def read_latest(target: str, dataset: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The dataset's ``LATEST`` pointer (``release_id``, ``manifest``, ``created_at``), or None if absent.
+
+    Raises:
+        PublishError: the pointer exists but cannot be read or is not a pointer.
+    """
+    url = _join(target, dataset, LATEST)
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        if not fs.exists(path):
+            return None
+        pointer = json.loads(fs.cat_file(path))
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"cannot read {url}: {exc.__class__.__name__}") from exc
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("release_id"), str):
+        raise PublishError(f"cannot read {url}: not a safesynth LATEST pointer")
+    return pointer
+
+
+def _move_latest(target: str, dataset: str, release_id: str, manifest: dict[str, Any],
+                 storage_options: dict[str, Any]) -> None:
+    """Point ``LATEST`` at this release, unless it already names one created later. Call after the manifest."""
+    created = manifest.get("created_at")
+    current = read_latest(target, dataset, storage_options)
+    if current is not None:
+        if current["release_id"] == release_id:
+            return
+        if created is not None and str(current.get("created_at") or "") > str(created):
+            return  # a newer release won meanwhile: never move the pointer back
+    body = _dumps({"release_id": release_id, "manifest": f"{release_id}/{MANIFEST}", "created_at": created})
+    url = _join(target, dataset, LATEST)
+    try:
+        if _is_local(target):
+            parent = _local_path(target) / dataset
+            tmp = parent / f".{LATEST}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                tmp.write_bytes(body)
+                with tmp.open("rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, parent / LATEST)  # atomic: readers see the old pointer or the new one
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            fs, path = fsspec.core.url_to_fs(url, **storage_options)
+            fs.pipe_file(path, body)  # one whole-object PUT
+            fs.invalidate_cache(path)
+    except Exception as exc:  # noqa: BLE001 - the release itself is published; the pointer is a convenience
+        raise PublishError(f"release `{release_id}` is published, but {url} could not be moved "
+                           f"({exc.__class__.__name__}); publish it again to move the pointer") from exc
+
+
+def list_published(target: str, dataset: str, storage_options: dict[str, Any] | None = None) -> list[ReleaseInfo]:
+    """Every release of ``dataset`` with a manifest under ``target``, oldest first. Partial ones have none."""
+    root = _join(target, dataset)
+    try:
+        fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        found = fs.glob(f"{path.rstrip('/')}/*/{MANIFEST}") if fs.exists(path) else []
+    except OSError as exc:
+        raise PublishError(f"cannot list {root}: {exc.__class__.__name__}: {exc}") from exc
+    out = []
+    for manifest_path in found:
+        release_id = manifest_path.rstrip("/").split("/")[-2]
+        if release_id.startswith("."):
+            continue  # a local staging directory
+        manifest = find_published(target, dataset, release_id, storage_options)
+        if manifest is not None:
+            out.append(release_info(manifest, dataset=dataset, release_id=release_id,
+                                    location=_join(target, dataset, release_id)))
+    return sorted(out, key=lambda r: (r.created_at or "", r.release_id))
+
+
+@register
+class FilesPublisher:
+    """``publish.format: files``: Parquet parts and a manifest per release, a ``LATEST`` pointer per dataset."""
+
+    format = "files"
+
+    def __init__(self, target: PublishTarget) -> None:
+        self.target = target.target
+        self.storage_options = dict(target.storage_options)
+
+    def check(self) -> None:
+        if _is_local(self.target):
+            return  # safesynth.preflight.check_target checks the directory
+        try:
+            fsspec.core.url_to_fs(self.target, **self.storage_options)
+        except (ImportError, ValueError, TypeError) as exc:
+            raise SpecError(f"`publish.target` ({self.target}) cannot be opened: {exc.__class__.__name__}: "
+                            f"{exc}") from exc
+
+    def check_schema(self, schema: Any) -> None:
+        del schema  # every release has its own files
+
+    def location(self, dataset: str, release_id: str) -> str:
+        return _join(self.target, dataset, release_id)
+
+    def find(self, dataset: str, release_id: str) -> dict[str, Any] | None:
+        return find_published(self.target, dataset, release_id, self.storage_options)
+
+    def publish(self, files: list[Path], manifest: dict[str, Any], *, dataset: str,
+                release_id: str) -> PublishedRelease:
+        return publish_release(files, manifest, target=self.target, dataset=dataset, release_id=release_id,
+                               storage_options=self.storage_options)
+
+    def releases(self, dataset: str) -> list[ReleaseInfo]:
+        return list_published(self.target, dataset, self.storage_options)
+
+    def latest(self, dataset: str) -> ReleaseInfo | None:
+        pointer = read_latest(self.target, dataset, self.storage_options)
+        if pointer is None:  # published before the pointer existed: the newest manifest
+            found = self.releases(dataset)
+            return found[-1] if found else None
+        release_id = pointer["release_id"]
+        manifest = self.find(dataset, release_id)
+        if manifest is None:
+            raise PublishError(f"{_join(self.target, dataset, LATEST)} names release `{release_id}`, which has "
+                               "no manifest")
+        return release_info(manifest, dataset=dataset, release_id=release_id,
+                            location=self.location(dataset, release_id))
 
 
 _STAGING = re.compile(r"^\.staging-(?P<owner>[^.]+\.\d+\.\d+)-[0-9a-f]{8}-")
@@ -169,6 +296,18 @@ def _publish_remote(files: list[Path], manifest: dict[str, Any], final: str,
         if isinstance(exc, PublishError):
             raise
         raise PublishError(f"cannot publish to {final}: {exc.__class__.__name__}: {exc}") from exc
+    _remove_unlisted(fs, root, {renamed[p.name] for p in files})
+
+
+def _remove_unlisted(fs: Any, root: str, listed: set[str]) -> None:
+    """Remove parts our manifest does not name: those of an attempt that died before its manifest."""
+    try:
+        for path in fs.ls(root, detail=False, refresh=True):
+            name = str(path).rstrip("/").rsplit("/", 1)[-1]
+            if name != MANIFEST and name not in listed:
+                fs.rm_file(path)
+    except Exception:  # noqa: BLE001, S110 - best effort: unlisted parts are never read (readers trust the manifest)
+        pass
 
 
 def _dumps(manifest: dict[str, Any]) -> bytes:

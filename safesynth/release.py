@@ -123,7 +123,7 @@ def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Run
             status = "published"
             log.warning("release %s is visible at its target although publishing reported an error",
                         ctx.release_id)
-            return _published(ctx, f"{ctx.spec.target_uri}/{ctx.spec.dataset}/{ctx.release_id}")
+            return _published(ctx, stages.release_location(ctx))
         raise
     finally:
         run("settle-budget", stages.settle, ctx, reservation, status=status)

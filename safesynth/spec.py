@@ -570,10 +570,60 @@ class ValidationSpec(_Frozen):
     )
 
 
+_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
 class PublishSpec(_Frozen):
-    target: str = Field(..., description="Local directory or fsspec URL the release is published under.")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the target.")
-    rows_per_file: int = Field(1_000_000, ge=1)
+    """Where a release is published, and in which format (see :mod:`safesynth.publishers`)."""
+
+    format: str = Field(
+        "files", description="files (default): Parquet parts and a manifest per release under `target`, with a "
+        "LATEST pointer per dataset; delta: one Delta Lake commit per release into the table at `target` (needs "
+        "deltalake); iceberg: one snapshot per release of `table` in the SQL `catalog`, data under the warehouse "
+        "`target` (needs pyiceberg)."
+    )
+    target: str = Field(..., description="files: local directory or fsspec URL the releases go under; delta: path "
+                        "or URL of the table; iceberg: warehouse path or URL.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="files: fsspec options for the target; delta: object-store options "
+        "(AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, ...); iceberg: FileIO properties (s3.endpoint, ...)."
+    )
+    rows_per_file: int = Field(1_000_000, ge=1, description="files: rows per Parquet part.")
+    catalog: str | None = Field(
+        None, description="iceberg only: SQLAlchemy URL of the SQL catalog (sqlite:///catalog.db is relative to "
+        "the spec file; sqlite:////abs/path.db, postgresql+psycopg://...)."
+    )
+    table: str | None = Field(None, description="iceberg only: the table, `namespace.name` (created on first "
+                              "publish).")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from safesynth.publishers import known_formats
+
+        if value not in known_formats():
+            raise ValueError(f"`format` ({value!r}) must be one of {list(known_formats())}")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_format(self) -> PublishSpec:
+        if self.format == "iceberg":
+            if self.catalog is None or self.table is None:
+                raise ValueError("format iceberg needs `catalog` (a SQLAlchemy URL) and `table` (namespace.name)")
+            if not _TABLE.match(self.table):
+                raise ValueError(f"`table` ({self.table!r}) must be namespace.name (letters, digits, '_')")
+            if "://" not in self.catalog:
+                raise ValueError(f"`catalog` must be a SQLAlchemy URL such as sqlite:///catalog.db, not "
+                                 f"{self.catalog!r}")
+        else:
+            given = [k for k in ("catalog", "table") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(f'`{k}`' for k in given)} apply to format iceberg only "
+                                 f"(format is {self.format})")
+        if self.format != "files" and "rows_per_file" in self.model_fields_set:
+            raise ValueError(f"`rows_per_file` applies to format files only (format {self.format} sizes its own "
+                             "data files)")
+        return self
 
 
 class LedgerSpec(_Frozen):
@@ -682,7 +732,10 @@ class ReleaseSpec(_Frozen):
 
     def digest(self) -> str:
         """SHA-256 of the spec's canonical JSON (without ``base_dir``): identifies what was released."""
-        payload = self.model_dump(mode="json", exclude={"base_dir"})
+        exclude: dict[str, Any] = {"base_dir": True}
+        if self.publish.format == "files":  # digests of specs written before publish.format stay as they were
+            exclude["publish"] = {"format", "catalog", "table"}
+        payload = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

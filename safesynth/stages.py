@@ -47,7 +47,8 @@ from safesynth.preflight import check_release_id, preflight
 from safesynth.privacy.accountant import ReleaseAccount, StageSpend
 from safesynth.privacy.noise import NoiseSource, default_noise
 from safesynth.privacy.planner import BudgetPlan, plan_budget
-from safesynth.publish import PublishedRelease, build_manifest_files, find_published, publish_release
+from safesynth.publish import build_manifest_files
+from safesynth.publishers import PublishedRelease, publisher_for
 from safesynth.schema import arrow_schema
 from safesynth.spec import ReleaseSpec, load_spec
 from safesynth.workspace import Workspace, safesynth_home
@@ -151,14 +152,19 @@ def already_published(ctx: RunContext) -> str | None:
         SpecError: the release id is already published from a different spec (digest differs).
     """
     spec = ctx.spec
-    manifest = find_published(spec.target_uri, spec.dataset, ctx.release_id, spec.publish.storage_options)
+    manifest = publisher_for(spec).find(spec.dataset, ctx.release_id)
     if manifest is None:
         return None
     if manifest.get("spec_digest") != spec.digest():
         raise SpecError(f"release id `{ctx.release_id}` is already published from a different spec "
                         f"(digest {str(manifest.get('spec_digest'))[:12]}, this spec {spec.digest()[:12]}); "
                         "choose a new --release-id")
-    return f"{spec.target_uri}/{spec.dataset}/{ctx.release_id}"
+    return release_location(ctx)
+
+
+def release_location(ctx: RunContext) -> str:
+    """Where this release is (or would be) visible: a directory, or a table."""
+    return publisher_for(ctx.spec).location(ctx.spec.dataset, ctx.release_id)
 
 
 # ------------------------------------------------------------------------------------------- budget
@@ -680,14 +686,13 @@ def _validation_section(ctx: RunContext) -> dict[str, Any]:
 
 
 def publish(ctx: RunContext, fitted: Fitted, files: list[Path], decision: GateDecision) -> PublishedRelease:
-    """Publish atomically. Refuses without a passing gate decision."""
+    """Publish atomically with the spec's ``publish.format``. Refuses without a passing gate decision."""
     if not decision.passed:
         raise GateFailedError(decision.reasons)
     spec = ctx.spec
     _warn_if_spec_changed(ctx)
     manifest = build_manifest(ctx, fitted, files, decision)
-    return publish_release(files, manifest, target=spec.target_uri, dataset=spec.dataset,
-                           release_id=ctx.release_id, storage_options=spec.publish.storage_options)
+    return publisher_for(spec).publish(files, manifest, dataset=spec.dataset, release_id=ctx.release_id)
 
 
 def _warn_if_spec_changed(ctx: RunContext) -> None:

@@ -62,6 +62,18 @@ def postgres_url():
         yield url
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 endpoint (``moto_server`` in its own process) with the bucket ``releases``; see tests/s3.py."""
+    from tests.s3 import moto_server
+
+    try:
+        with moto_server() as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
 @pytest.fixture
 def safesynth_home(tmp_path, monkeypatch) -> Path:
     """A fresh SAFESYNTH_HOME (ledger, work directories) for one test."""

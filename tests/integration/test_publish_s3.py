@@ -1,57 +1,20 @@
-"""Publishing to a real S3-compatible server (moto_server in a subprocess, on loopback)."""
+"""Publishing to a real S3-compatible server (moto_server in a subprocess, on loopback; tests/s3.py)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from safesynth.errors import PublishError
 from safesynth.publish import find_published, publish_release
+from tests.s3 import fsspec_options
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    exe = shutil.which("moto_server") or str(__import__("pathlib").Path(sys.executable).with_name("moto_server"))
-    port = _free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("moto_server did not start")
-    import boto3
-
-    boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="releases")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def options(url: str) -> dict:
-    return {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": url, "region_name": "us-east-1"},
-            "skip_instance_cache": True}
+    return fsspec_options(url)
 
 
 def make_files(tmp_path):

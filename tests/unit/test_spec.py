@@ -147,3 +147,35 @@ def test_audit_share_is_planned_and_the_stages_fit_the_release(tmp_path):
     assert plan.stage("audit").epsilon == pytest.approx(0.2)
     assert plan.stage("generator").epsilon == pytest.approx(3.72)  # less the repairs count's default 2%
     assert sum(s.epsilon for s in plan.stages) <= 4.0 + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("publish", "message"),
+    [
+        ("{format: parquet, target: ./r}", "`publish.format`: `format` ('parquet') must be one of"),
+        ("{format: iceberg, target: ./wh}", "format iceberg needs `catalog`"),
+        ("{format: iceberg, target: ./wh, catalog: 'sqlite:///c.db', table: synth}", "must be namespace.name"),
+        ("{format: iceberg, target: ./wh, catalog: c.db, table: a.b}", "must be a SQLAlchemy URL"),
+        ("{format: delta, target: ./t, table: a.b}", "`table` apply to format iceberg only"),
+        ("{target: ./r, catalog: 'sqlite:///c.db'}", "`catalog` apply to format iceberg only"),
+        ("{format: delta, target: ./t, rows_per_file: 10}", "`rows_per_file` applies to format files only"),
+    ],
+)
+def test_publish_format_and_its_fields_are_checked_at_load(tmp_path, publish, message):
+    with pytest.raises(SpecError, match="publish") as exc:
+        load_spec(write(tmp_path, ISSUE_EXAMPLE.replace("{target: ./releases}", publish)))
+    assert message in str(exc.value)
+
+
+def test_lakehouse_formats_load_and_files_digests_are_unchanged(tmp_path):
+    files = load_spec(write(tmp_path, ISSUE_EXAMPLE))
+    explicit = load_spec(write(tmp_path, ISSUE_EXAMPLE.replace("{target: ./releases}",
+                                                                "{format: files, target: ./releases}")))
+    assert files.publish.format == "files" and explicit.digest() == files.digest()
+    # The digest this spec had before `publish.format` existed (ledger records and manifests keep matching).
+    assert files.digest() == "7a8af57c677328ec5869581e6641fbca363e46169815c47954fadd2dae8f115b"
+    iceberg = load_spec(write(tmp_path, ISSUE_EXAMPLE.replace(
+        "{target: ./releases}", "{format: iceberg, target: ./wh, catalog: 'sqlite:///cat.db', table: rel.adult}")))
+    assert (iceberg.publish.table, iceberg.digest() != files.digest()) == ("rel.adult", True)
+    delta = load_spec(write(tmp_path, ISSUE_EXAMPLE.replace("{target: ./releases}", "{format: delta, target: ./t}")))
+    assert delta.target_uri == str((tmp_path / "t").resolve())
