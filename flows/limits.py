@@ -1,0 +1,71 @@
+"""One release at a time per dataset: a Prefect global concurrency limit named after the dataset.
+
+The limit ``safesynth-<dataset>`` has one slot. The release flow holds it for the whole release, so two
+runs of one dataset (two schedules, a schedule and a manual run, two workers) never overlap; the second
+waits. The ledger already refuses a second *attempt of the same release id* while one is in flight; the
+limit also serialises different ids of one dataset, so runs queue instead of racing for the budget.
+
+Prefect 3.8.8 does not enforce a limit that does not exist (``concurrency()`` logs a warning and runs
+unlimited, and the server no longer creates missing limits), so :func:`ensure_limit` creates it, or puts
+it back to one active slot, before every run and at deploy time; the flow then acquires it with
+``strict=True``.
+
+A run that dies while holding the slot (its process killed) gives it back when its lease expires: the
+lease is renewed every few minutes while the release runs. A server restarted meanwhile may forget the
+lease; ``prefect global-concurrency-limit update safesynth-<dataset> --active-slots 0`` (or the UI) frees the slot then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+log = logging.getLogger("safesynth")
+
+__all__ = ["ensure_limit", "limit_name", "one_release_at_a_time"]
+
+#: Seconds a run's hold on its dataset's slot lasts without renewal (renewed at 75% while it runs).
+LEASE_SECONDS = 300.0
+
+
+def limit_name(dataset: str) -> str:
+    """The global concurrency limit of ``dataset``: ``safesynth-<dataset>``."""
+    return f"safesynth-{dataset}"
+
+
+def ensure_limit(dataset: str) -> str:
+    """Create the dataset's limit with one slot, or set an existing one back to one active slot.
+
+    Returns the limit's name. Logs what it created or changed; an unchanged limit is silent.
+    """
+    name = limit_name(dataset)
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+                log.info("created global concurrency limit %s (1 slot: one release of %s at a time)", name,
+                         dataset)
+            except ObjectAlreadyExists:  # another run created it first
+                pass
+            return name
+        if existing.limit != 1 or not existing.active:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=1, active=True))
+            log.warning("global concurrency limit %s had limit %s (active: %s); set back to 1 active slot",
+                        name, existing.limit, existing.active)
+    return name
+
+
+@contextmanager
+def one_release_at_a_time(dataset: str) -> Iterator[None]:
+    """Hold the dataset's one slot for the body; waits while another release of it holds the slot."""
+    name = ensure_limit(dataset)
+    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS):
+        yield
