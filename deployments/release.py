@@ -28,15 +28,16 @@ from uuid import UUID
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.schedules import CronSchedule
-from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 from prefect.workers.process import ProcessWorker
 from pydantic import ValidationError
 from safesynth.flows.limits import ensure_limit
 from safesynth.flows.release import release
 
-from safesynth.errors import SpecError
+from safesynth.errors import InternalError, SpecError
 from safesynth.preflight import preflight
 from safesynth.spec import load_spec
 
@@ -100,7 +101,7 @@ def _runner_deployment(planned: ReleaseDeployment, *, pool: str | None) -> Runne
     env = {key: os.environ[key] for key in CARRIED_ENV if key in os.environ}
     if "SAFESYNTH_HOME" in env:  # a relative home would resolve in the worker's temporary directory
         env["SAFESYNTH_HOME"] = str(Path(env["SAFESYNTH_HOME"]).resolve())
-    return release.to_deployment(
+    deployment: RunnerDeployment = release.to_deployment(
         name=planned.name,
         schedule=planned.schedule(),
         parameters={"spec_path": planned.spec_path},
@@ -111,6 +112,7 @@ def _runner_deployment(planned: ReleaseDeployment, *, pool: str | None) -> Runne
         entrypoint_type=EntrypointType.MODULE_PATH,  # the installed package: no source to pull
         enforce_parameter_schema=True,
     )
+    return deployment
 
 
 def ensure_process_pool(pool: str) -> None:
@@ -138,7 +140,10 @@ def deploy_release(planned: ReleaseDeployment, *, pool: str = DEFAULT_POOL) -> U
     """
     ensure_process_pool(pool)
     ensure_limit(planned.dataset)
-    deployment_id: UUID = _runner_deployment(planned, pool=pool).apply(work_pool_name=pool)
+    applied = _runner_deployment(planned, pool=pool).apply(work_pool_name=pool, _sync=True)  # type: ignore[call-arg]
+    if not isinstance(applied, UUID):  # pragma: no cover - `_sync=True` returns the id, never a coroutine
+        raise InternalError(f"deploying {planned.full_name} returned {type(applied).__name__}, not an id")
+    deployment_id = applied
     log.info("deployed %s (id %s): %s %s, pool %s, spec %s", planned.full_name, deployment_id, planned.cron,
              planned.timezone, pool, planned.spec_path)
     return deployment_id

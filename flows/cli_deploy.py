@@ -63,18 +63,18 @@ def deploy_cmd(spec: Spec, cron: CronOpt = None, timezone: TimezoneOpt = None,
                                  "http://127.0.0.1:4200/api after `prefect server start`), or use `safesynth serve`")
         planned = deployments.plan_deployment(spec, cron=cron or deployments.DEFAULT_CRON,
                                               timezone=timezone or deployments.DEFAULT_TIMEZONE, name=name)
-        pool = pool or deployments.DEFAULT_POOL
+        pool_name = pool or deployments.DEFAULT_POOL
         try:
-            deployment_id = deployments.deploy_release(planned, pool=pool)
+            deployment_id = deployments.deploy_release(planned, pool=pool_name)
         except (httpx.HTTPError, PrefectException) as exc:  # no server there, or it refused
             raise SafeSynthError(f"Prefect API at {api}: {exc.__class__.__name__}: {str(exc)[:200]}") from exc
     except SafeSynthError as exc:
         _fail(exc)
     out = Console()
     out.print(f"[green]deployed[/] {escape(planned.full_name)} ({deployment_id}): `{escape(planned.cron)}` "
-              f"{escape(planned.timezone)}, pool {escape(pool)}, spec {escape(planned.spec_path)}", highlight=False,
+              f"{escape(planned.timezone)}, pool {escape(pool_name)}, spec {escape(planned.spec_path)}", highlight=False,
               soft_wrap=True)
-    out.print(f"   run it with: prefect worker start --pool {escape(pool)}   (now: prefect deployment run "
+    out.print(f"   run it with: prefect worker start --pool {escape(pool_name)}   (now: prefect deployment run "
               f"'{escape(planned.full_name)}')", highlight=False, soft_wrap=True)
 
 
