@@ -16,9 +16,10 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from safesynth.flows.cli import app
-from safesynth.flows.limits import ensure_limit, limit_name, one_release_at_a_time
+from safesynth.flows.limits import ensure_limit, limit_name, one_release_at_a_time, slot_wait_seconds
 from typer.testing import CliRunner
 
+from safesynth.errors import SafeSynthError, SpecError
 from tests.conftest import REPO
 
 # Slow: the Prefect API harness takes ~10-20 s to start (once per session).
@@ -101,11 +102,27 @@ def test_the_dataset_limit_exists_with_one_slot(prefect_harness):
         assert (limit.limit, limit.active) == (1, True)
 
 
-def test_a_second_release_of_the_dataset_waits_for_the_slot(prefect_harness):
+def test_a_second_release_of_the_dataset_waits_for_the_slot(prefect_harness, monkeypatch):
+    monkeypatch.setenv("SAFESYNTH_SLOT_WAIT_SECONDS", "2")
     with one_release_at_a_time("demo-busy"):
         with get_client(sync_client=True) as client:
             assert client.read_global_concurrency_limit_by_name("safesynth-demo-busy").active_slots == 1
-        with pytest.raises(TimeoutError), concurrency("safesynth-demo-busy", strict=True, timeout_seconds=2):
+        with pytest.raises(SafeSynthError, match=r"held its slot for 2 s .*--active-slots 0"):
+            with one_release_at_a_time("demo-busy"):
+                pass
+        with one_release_at_a_time("demo-other"):  # another dataset does not wait
             pass
     with concurrency("safesynth-demo-busy", strict=True, timeout_seconds=10):  # free again
         pass
+
+
+def test_a_timeout_inside_the_release_is_not_a_busy_slot(prefect_harness):
+    with pytest.raises(TimeoutError, match="the release's own"), one_release_at_a_time("demo-own-timeout"):
+        raise TimeoutError("the release's own")
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "soon", "inf", "nan"])
+def test_the_slot_wait_must_be_positive_seconds(raw, monkeypatch):
+    monkeypatch.setenv("SAFESYNTH_SLOT_WAIT_SECONDS", raw)
+    with pytest.raises(SpecError, match="SAFESYNTH_SLOT_WAIT_SECONDS"):
+        slot_wait_seconds()
