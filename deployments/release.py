@@ -2,7 +2,8 @@
 
 ``safesynth deploy SPEC --cron ... --timezone ... --pool ...`` registers the release flow against the
 configured Prefect API, to run on a ``process`` work pool (``prefect worker start --pool safesynth``);
-``safesynth serve SPEC --cron ...`` serves it from one long-lived process instead (single host, no worker).
+``safesynth serve SPEC --cron ...`` serves it from one long-lived process instead (single host, no work
+pool or worker; the schedule still needs a server: Prefect's embedded API runs no scheduler).
 
 What a deployment holds:
   * one parameter, the spec's absolute path: privacy numbers live in the spec and cannot be edited from
@@ -149,7 +150,7 @@ def deploy_release(planned: ReleaseDeployment, *, pool: str = DEFAULT_POOL) -> U
     return deployment_id
 
 
-def serve_release(planned: ReleaseDeployment) -> None:  # pragma: no cover - blocks until interrupted
+def serve_release(planned: ReleaseDeployment) -> None:
     """Serve the deployment from this process until interrupted: each run in a subprocess, one at a time."""
     ensure_limit(planned.dataset)
     release.serve(name=planned.name, schedule=planned.schedule(), parameters={"spec_path": planned.spec_path},

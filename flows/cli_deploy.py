@@ -4,7 +4,8 @@
   configured Prefect server (``PREFECT_API_URL``) as the deployment ``safesynth-release/<dataset>`` on the
   process work pool ``P`` (created if missing); a ``prefect worker start --pool P`` runs it.
 * ``serve SPEC [--cron C] [--timezone TZ] [--name N]``: serve the same deployment from this process until
-  interrupted (single host, no worker, Prefect's embedded API unless ``PREFECT_API_URL`` is set).
+  interrupted (single host: no work pool or worker). Prefect 3.8.8's embedded API runs no scheduler, so
+  ``serve`` needs a server too (``prefect server start``, ``PREFECT_API_URL``).
 
 The spec is checked first (every check that needs no private data); the schedule's defaults live in
 :mod:`safesynth.deployments.release`. Mounted by ``flows/cli.py``.
@@ -41,6 +42,17 @@ def _fail(exc: SafeSynthError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+def _require_server(command: str) -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise SafeSynthError(f"`safesynth {command}` needs a Prefect server (Prefect's embedded API runs no "
+                             "scheduler): start one with `prefect server start` and set PREFECT_API_URL "
+                             "(e.g. http://127.0.0.1:4200/api)")
+    return str(api)
+
+
 def deploy_cmd(spec: Spec, cron: CronOpt = None, timezone: TimezoneOpt = None,
                pool: Annotated[str | None, typer.Option("--pool", help="Process work pool (default: "
                                                         "safesynth; created if missing).")] = None,
@@ -53,14 +65,10 @@ def deploy_cmd(spec: Spec, cron: CronOpt = None, timezone: TimezoneOpt = None,
     _prefect_logs_only()
     import httpx
     from prefect.exceptions import PrefectException
-    from prefect.settings import PREFECT_API_URL
     from safesynth.deployments import release as deployments
 
-    api = PREFECT_API_URL.value()
     try:
-        if not api:
-            raise SafeSynthError("`safesynth deploy` needs a Prefect server: set PREFECT_API_URL (e.g. "
-                                 "http://127.0.0.1:4200/api after `prefect server start`), or use `safesynth serve`")
+        api = _require_server("deploy")
         planned = deployments.plan_deployment(spec, cron=cron or deployments.DEFAULT_CRON,
                                               timezone=timezone or deployments.DEFAULT_TIMEZONE, name=name)
         pool_name = pool or deployments.DEFAULT_POOL
@@ -72,24 +80,27 @@ def deploy_cmd(spec: Spec, cron: CronOpt = None, timezone: TimezoneOpt = None,
         _fail(exc)
     out = Console()
     out.print(f"[green]deployed[/] {escape(planned.full_name)} ({deployment_id}): `{escape(planned.cron)}` "
-              f"{escape(planned.timezone)}, pool {escape(pool_name)}, spec {escape(planned.spec_path)}", highlight=False,
-              soft_wrap=True)
+              f"{escape(planned.timezone)}, pool {escape(pool_name)}, spec {escape(planned.spec_path)}",
+              highlight=False, soft_wrap=True)
     out.print(f"   run it with: prefect worker start --pool {escape(pool_name)}   (now: prefect deployment run "
               f"'{escape(planned.full_name)}')", highlight=False, soft_wrap=True)
 
 
-def serve_cmd(spec: Spec, cron: CronOpt = None, timezone: TimezoneOpt = None,
-              name: NameOpt = None) -> None:  # pragma: no cover - blocks until interrupted (tested e2e)
-    """Serve the release on a schedule from this process (single host; no server or worker needed)."""
+def serve_cmd(spec: Spec, cron: CronOpt = None, timezone: TimezoneOpt = None, name: NameOpt = None) -> None:
+    """Serve the release on a schedule from this process until interrupted (no work pool or worker).
+
+    Needs a Prefect server (PREFECT_API_URL) for the schedule. Exit codes: 2 bad spec or schedule, 1 no server.
+    """
     _prefect_logs_only()
     from safesynth.deployments import release as deployments
 
     try:
+        _require_server("serve")
         planned = deployments.plan_deployment(spec, cron=cron or deployments.DEFAULT_CRON,
                                               timezone=timezone or deployments.DEFAULT_TIMEZONE, name=name)
-        deployments.serve_release(planned)
     except SafeSynthError as exc:
         _fail(exc)
+    deployments.serve_release(planned)
 
 
 def register(app: typer.Typer) -> None:

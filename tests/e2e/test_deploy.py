@@ -126,3 +126,12 @@ def test_the_slot_wait_must_be_positive_seconds(raw, monkeypatch):
     monkeypatch.setenv("SAFESYNTH_SLOT_WAIT_SECONDS", raw)
     with pytest.raises(SpecError, match="SAFESYNTH_SLOT_WAIT_SECONDS"):
         slot_wait_seconds()
+
+
+def test_a_flow_run_of_a_bad_spec_fails_in_one_line_and_is_named_after_the_file(tmp_path, prefect_harness):
+    from safesynth.flows.release import release
+
+    state = release(str(tmp_path / "weekly.yaml"), return_state=True)
+    assert state.is_failed() and state.message.endswith("spec file not found")
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(state.state_details.flow_run_id).name == "weekly-invalid-spec"
