@@ -135,3 +135,9 @@ def test_a_flow_run_of_a_bad_spec_fails_in_one_line_and_is_named_after_the_file(
     assert state.is_failed() and state.message.endswith("spec file not found")
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(state.state_details.flow_run_id).name == "weekly-invalid-spec"
+
+
+def test_serve_needs_a_server(tmp_path, safesynth_home, prefect_harness):
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = CliRunner().invoke(app, ["serve", str(demo_spec(tmp_path))], catch_exceptions=False)
+    assert result.exit_code == 1 and "no scheduler" in result.output
