@@ -1,7 +1,8 @@
 """The `safesynth` command line (the shell around the flows and the core).
 
 Commands: ``safesynth spec check``, ``safesynth release``, ``safesynth audit``, ``safesynth budget ...``
-(``flows/cli_budget.py``), ``safesynth releases list|show`` (``flows/cli_releases.py``).
+(``flows/cli_budget.py``), ``safesynth releases list|show`` (``flows/cli_releases.py``), ``safesynth deploy``
+and ``safesynth serve`` (scheduled releases, :mod:`safesynth.flows.cli_deploy`).
 
 Exit codes: 0 published (or already published), 2 bad spec or bad input, 3 blocked by a gate or by the
 privacy budget, 1 anything else. Errors are one line on stderr; no tracebacks for errors a user can fix.
@@ -59,6 +60,15 @@ def _mount_releases() -> None:
 
 
 _mount_releases()
+
+
+def _mount_deploy() -> None:
+    from safesynth.flows.cli_deploy import register
+
+    register(app)
+
+
+_mount_deploy()
 
 
 def set_runtime_defaults() -> None:

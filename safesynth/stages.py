@@ -81,6 +81,7 @@ __all__ = [
     "reserve_budget",
     "sample",
     "settle",
+    "slot_release_id",
     "split",
     "validate",
     "write_output",
@@ -90,6 +91,24 @@ __all__ = [
 def new_release_id(dataset: str) -> str:
     """``<dataset>-<UTC time>-<random>``: unique, sortable, safe in paths and object keys."""
     return f"{dataset}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def slot_release_id(dataset: str, scheduled: dt.datetime) -> str:
+    """``<dataset>-<UTC slot>``, e.g. ``demo-2026-12-07T02-00Z``: the release id of a scheduled slot.
+
+    The same slot always gets the same id, so a re-run of it finds its release published (or its attempt
+    in the ledger) and spends nothing again. Seconds are written only when the slot has them; fractions of
+    a second are dropped. The id states the slot's time, a public value (the schedule), nothing else.
+
+    Raises:
+        SpecError: ``scheduled`` has no time zone, or the id is not a valid release id (a dataset name
+            longer than 110 characters).
+    """
+    if scheduled.tzinfo is None or scheduled.utcoffset() is None:
+        raise SpecError(f"`scheduled` ({scheduled.isoformat()}) must have a time zone")
+    utc = scheduled.astimezone(dt.UTC)
+    slot = f"{utc:%Y-%m-%dT%H-%M}" + (f"-{utc:%S}" if utc.second else "")
+    return check_release_id(f"{dataset}-{slot}Z")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -129,6 +129,13 @@ def sampling_progress(flow_run_id) -> list[float]:
     return [float(a.data) for a in artifacts]
 
 
+def flow_run_name(flow_run_id) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).name
+
+
 def test_flow_publishes_the_demo_release(tmp_path, safesynth_home, prefect_harness):
     spec = spec_copy(tmp_path, REPO / "data" / "demo.yaml")
     state = run_flow(spec, "demo-e2e")
@@ -140,6 +147,7 @@ def test_flow_publishes_the_demo_release(tmp_path, safesynth_home, prefect_harne
     assert manifest["validation"]["records_repaired_or_dropped"]["sensitivity"] == 1  # a DP count only
     assert "repairs" in [s["stage"] for s in manifest["privacy"]["stages"]]
     assert sampling_progress(state.state_details.flow_run_id) == [100.0]  # the shards' progress artifact
+    assert flow_run_name(state.state_details.flow_run_id) == "demo-e2e"  # the dataset and the release id
     # Same release id again: idempotent, nothing spent, nothing rewritten.
     before = {p: p.read_bytes() for p in published_files(tmp_path)}
     again = run_flow(spec, "demo-e2e")
