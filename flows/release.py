@@ -106,7 +106,8 @@ def release(spec_path: str, release_id: str | None = None) -> Any:
             logger.info("release id %s: from the scheduled slot %s", planned,
                         flow_run.get_scheduled_start_time().astimezone(dt.UTC).isoformat())
         with one_release_at_a_time(dataset):
-            outcome = run_release(spec_path, release_id=planned, run=run_as_task)
+            from_slot = release_id is None and planned is not None and deployment.get_id() is not None
+            outcome = run_release(spec_path, release_id=planned, run=run_as_task, once=from_slot)
     except SafeSynthError as exc:
         outcome = outcome_for_error(exc)
     except Exception as exc:  # a bug: the flow still fails with its traceback, after the event

@@ -69,8 +69,13 @@ def run_release(
     release_id: str | None = None,
     noise: NoiseSource | None = None,
     run: Runner = direct,
+    once: bool = False,
 ) -> ReleaseOutcome:
     """Run one release end to end. Raises SafeSynthError subclasses for bad specs, data and budgets.
+
+    ``once``: the release id is a scheduled slot's, which runs once. If an earlier attempt of it read data
+    and ended blocked or failed, this run spends nothing and ends with that status again (a new release
+    needs a new id); without ``once`` such an id is attempted again, spending again.
 
     A release blocked by a gate does not raise: it returns ``status="blocked"`` with the reasons, and
     nothing is written under the publish target. An error raised after :func:`stages.prepare` carries
@@ -79,7 +84,7 @@ def run_release(
     ctx = run("prepare", stages.prepare, str(spec_path), release_id)
     status = "failed"
     try:
-        outcome = _run_prepared(ctx, noise=noise, run=run)
+        outcome = _run_prepared(ctx, noise=noise, run=run, once=once)
         status = outcome.status
         return outcome
     except Exception as exc:
@@ -90,12 +95,21 @@ def run_release(
         run("cleanup", stages.cleanup, ctx, status=status)
 
 
-def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Runner) -> ReleaseOutcome:
+def _run_prepared(ctx: stages.RunContext, *, noise: NoiseSource | None, run: Runner, once: bool) -> ReleaseOutcome:
     location = run("check-published", stages.already_published, ctx)
     if location is not None:
         return ReleaseOutcome(release_id=ctx.release_id, dataset=ctx.spec.dataset, status="already_published",
                               message=f"release {ctx.release_id} is already published; nothing to do",
                               location=location)
+    if once:
+        earlier = run("check-slot", stages.spent_attempt, ctx)
+        if earlier is not None:
+            return ReleaseOutcome(
+                release_id=ctx.release_id, dataset=ctx.spec.dataset, status=earlier.status,
+                exit_code=3 if earlier.status == "blocked" else 1,
+                message=f"release {ctx.release_id} (a scheduled slot) already ran and was {earlier.status} after "
+                        "reading data; a slot runs once, so nothing was spent again: run a new release with an "
+                        "explicit release id")
     try:
         reservation = run("reserve-budget", stages.reserve_budget, ctx)
     except AlreadyPublishedError as exc:  # the ledger knows it although the target shows nothing

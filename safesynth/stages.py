@@ -186,6 +186,20 @@ def release_location(ctx: RunContext) -> str:
     return publisher_for(ctx.spec).location(ctx.spec.dataset, ctx.release_id)
 
 
+def spent_attempt(ctx: RunContext) -> Any:
+    """The last attempt of this release id that read data and ended blocked or failed, or None.
+
+    A scheduled slot's release runs once (:func:`slot_release_id`): re-running such an attempt would spend
+    the budget again on the same slot. Reads only the ledger (no data).
+    """
+    from safesynth.privacy.ledger import Ledger
+
+    with Ledger.for_spec(ctx.spec) as ledger:
+        spent = [r for r in ledger.find(ctx.spec.dataset, ctx.release_id)
+                 if r.data_read and r.status in ("blocked", "failed")]
+    return spent[-1] if spent else None
+
+
 # ------------------------------------------------------------------------------------------- budget
 
 

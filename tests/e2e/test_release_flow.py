@@ -175,6 +175,19 @@ def test_gate_blocks_with_exit_code_3_and_publishes_nothing(tmp_path, safesynth_
     state = run_flow(spec, "demo-blocked")
     assert state.is_failed() and "membership-auc" in state.message and "> threshold 0.500" in state.message
     assert published_files(tmp_path) == []
+    # Run again as a scheduled slot's id (once): it ends blocked again without a new attempt or spend.
+    from safesynth.privacy.ledger import Ledger
+    from safesynth.release import run_release
+
+    def attempts():
+        with Ledger.for_spec(load_spec(spec)) as ledger:
+            return [(r.attempt, r.status, r.epsilon) for r in ledger.find(load_spec(spec).dataset, "demo-blocked")]
+
+    before = attempts()
+    assert [a[1] for a in before] == ["blocked"]
+    again = run_release(spec, release_id="demo-blocked", once=True)
+    assert (again.status, again.exit_code) == ("blocked", 3) and "a slot runs once" in again.message
+    assert attempts() == before and published_files(tmp_path) == []
     # The command a user runs: the Prefect flow in its own process, exit code 3.
     proc = run_cli_process("release", str(spec), "--release-id", "demo-blocked-cli")
     assert proc.returncode == 3, proc.stdout + proc.stderr
