@@ -25,7 +25,6 @@ from safesynth.sampling.cluster import plan_cluster
 from tests.conftest import REPO
 from tests.dask_cluster import KillShard, dask_cluster
 from tests.helpers import make_spec, mixed_frame, rows_valid
-from tests.integration.test_publish_s3 import s3_endpoint  # noqa: F401 - a fixture (moto_server)
 
 pytestmark = [pytest.mark.slow]
 
@@ -213,7 +212,7 @@ def test_a_gpu_ask_without_a_scheduler_fails_in_the_plan_here(fitted, monkeypatc
         plan_cluster(gpu, shards=2)
 
 
-def test_a_model_store_on_s3_carries_the_model_and_the_parts(fitted, undisturbed, s3_endpoint, tmp_path,  # noqa: F811
+def test_a_model_store_on_s3_carries_the_model_and_the_parts(fitted, undisturbed, s3_endpoint, tmp_path,
                                                             monkeypatch):
     """Remote workers read the model from, and write their parts to, ``sampling.model_store``."""
     import s3fs
