@@ -30,6 +30,7 @@ IO: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10], "cache_polic
 
 prepare = task(stages.prepare, name="prepare", **PRIVATE)
 already_published = task(stages.already_published, name="check-published", **IO)
+spent_attempt = task(stages.spent_attempt, name="check-slot", **PRIVATE)
 reserve_budget = task(stages.reserve_budget, name="reserve-budget", **PRIVATE)
 ingest = task(stages.ingest, name="ingest", **PRIVATE)
 validate = task(stages.validate, name="validate", **PRIVATE)
@@ -60,7 +61,7 @@ settle = task(stages.settle, name="settle-budget", **PRIVATE)
 cleanup = task(stages.cleanup, name="cleanup", **PRIVATE)
 
 TASKS: dict[str, Task[..., Any]] = {t.name: t for t in (
-    prepare, already_published, reserve_budget, ingest, validate, split, insert_canaries, fit, sample, write_output,
+    prepare, already_published, spent_attempt, reserve_budget, ingest, validate, split, insert_canaries, fit, sample, write_output,
     audit, gate,
     publish, settle, cleanup,
 )}

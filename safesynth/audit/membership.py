@@ -282,8 +282,13 @@ def _attack_scores(name: str, synthetic: pd.DataFrame, reference: pd.DataFrame, 
         return np.full(len(targets), np.nan), exc.__class__.__name__
 
 
-def _lower_bound(value: float, sd: float, tests: int) -> float:
-    return value - float(norm.ppf(1.0 - 0.05 / tests)) * sd
+def _lower_bound(value: float, sd: float, tests: int, *, laplace_scale: float) -> float:
+    """One-sided 95 % lower bound (Bonferroni over ``tests``): half the error rate for the AUC's sampling
+    error (normal, ``sd``), half for the Laplace noise, whose tail ``P(L > t) = exp(-t / b) / 2`` is heavier
+    than a normal's of the same variance (a normal quantile let the noise alone push the bound past 1)."""
+    alpha = 0.05 / tests
+    noise_part = laplace_scale * math.log(1.0 / alpha) if laplace_scale > 0 else 0.0  # P(L > t) = alpha / 2
+    return value - float(norm.ppf(1.0 - alpha / 2)) * sd - noise_part
 
 
 def audit_membership(
@@ -379,11 +384,11 @@ def audit_membership(
     spent = math.fsum([count_spend.epsilon, auc_spend.epsilon, *(f.epsilon for f in utility)])
     if spent > epsilon:
         raise InternalError(f"the audit spent epsilon {spent!r}, more than its stage's {epsilon!r}")
-    sd = math.sqrt(hanley_mcneil_variance(min(max(noisy_auc, 0.0), 1.0), k, k) + 2.0 * scale**2)
+    sd = math.sqrt(hanley_mcneil_variance(min(max(noisy_auc, 0.0), 1.0), k, k))
     published = NoisyAudit(
         attack=label, attacks=attacks, rows_per_side=k, noisy_auc=noisy_auc,
         auc_upper=auc_upper_bound(noisy_auc, k, k, extra_variance=2.0 * scale**2),
-        auc_lower=_lower_bound(noisy_auc, sd, len(attacks)), auc_bound=bound, claimed_epsilon=claimed_epsilon,
+        auc_lower=_lower_bound(noisy_auc, sd, len(attacks), laplace_scale=scale), auc_bound=bound, claimed_epsilon=claimed_epsilon,
         epsilon=spent, auc_noise_scale=scale, count_noise_scale=float(count_spend.detail["scale"]),
         shortfall_probability=SHORTFALL_PROBABILITY, utility=tuple(utility),
     )

@@ -117,7 +117,10 @@ def test_a_deployed_slot_publishes_once_and_reruns_spend_nothing(tmp_path, safes
         assert run.state.is_completed(), (run.state, logs_of(run.id))
         assert run.name == SLOT_ID
         assert "already published" in (run.state.message or "")
-        assert any(f"release {SLOT_ID} is already published" in m for m in logs_of(run.id))
+        deadline = time.monotonic() + 60  # workers ship their logs to the server in batches
+        while not any(f"release {SLOT_ID} is already published" in m for m in logs_of(run.id)):
+            assert time.monotonic() < deadline, logs_of(run.id)
+            time.sleep(1)
     assert retried.run_count == 2
     assert published(tmp_path) == files  # nothing published again
     assert ledger_rows(safesynth_home) == spent  # no new attempt, nothing spent again
