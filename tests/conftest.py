@@ -74,6 +74,18 @@ def s3_endpoint():
         pytest.fail(str(exc))
 
 
+@pytest.fixture(autouse=True)
+def _drop_cli_log_handlers():
+    """The CLI logs to the stderr of its invocation; CliRunner closes that stream afterwards, so a handler
+    left on the ``safesynth`` logger would print 'Logging error' tracebacks in later tests."""
+    yield
+    import logging
+
+    ours = logging.getLogger("safesynth")
+    for handler in [h for h in ours.handlers if getattr(h, "_safesynth_cli", False)]:
+        ours.removeHandler(handler)
+
+
 @pytest.fixture
 def safesynth_home(tmp_path, monkeypatch) -> Path:
     """A fresh SAFESYNTH_HOME (ledger, work directories) for one test."""

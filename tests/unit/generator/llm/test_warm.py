@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from safesynth.errors import SpecError
@@ -79,25 +80,35 @@ def test_spec_defaults():
 
 
 @pytest.mark.slow
-def test_calibrated_sampling_matches_the_marginal_models_one_way_marginal(tmp_path):
-    """A barely trained model, calibrated to MST's marginals at a large epsilon, moves ``a``'s shares towards
-    the real (0.4, 0.3, 0.2, 0.1): weights are capped, so a share the model rarely makes is only partly
-    restored; saved and loaded, it samples the same rows."""
+def test_calibrated_sampling_moves_the_rows_towards_the_marginal_models_one_way_marginals(tmp_path):
+    """A barely trained model, calibrated to MST's marginals at a large epsilon, samples rows whose one-way
+    marginals (on the grid) are closer to MST's than its raw candidates are; saved and loaded, it samples
+    the same rows.
+
+    Weights are capped, so a cell the model rarely makes is only partly restored, and raking trades one
+    column against another (here ``n``, which the model barely learned, pulls hardest): the mean over the
+    columns is what improves. Measured on 4 sampling seeds: 0.23 -> 0.12-0.13 (ratio 0.50-0.60); the bar
+    is 0.75, and the sampling sd of a mean TVD on 400 rows is about 0.02.
+    """
     from safesynth.generator.llm.backend import FittedLLM
 
     spec = llm_spec(tmp_path, TABULAR, epsilon=100.0, epochs=0.05, batch_size=64, warm_start="mst",
                     warm_start_share=0.5, warm_start_epochs=0.01, calibrate=True, calibrate_oversample=8)
     model, _ = _fit(spec, tabular_frame(2_000), tmp_path)
-    assert model.calibration is not None and model.calibration.oversample == 8
-    assert {t.columns for t in model.calibration.targets} >= {(0,), (1,), (2,), (3,)}
+    calibration = model.calibration
+    assert calibration is not None and calibration.oversample == 8
+    assert {t.columns for t in calibration.targets} >= {(0,), (1,), (2,), (3,)}
     out = model.sample(400, seed=0)
     assert len(out) == 400 and rows_valid(out, spec)
-    def tvd(rows):
-        shares = rows["a"].value_counts(normalize=True).reindex(list("pqrs"), fill_value=0.0).to_numpy()
-        return 0.5 * abs(shares - [0.4, 0.3, 0.2, 0.1]).sum()
 
-    raw = tvd(model._generate(3_200, seed=0))  # the candidates calibration chooses from
-    assert tvd(out) < 0.15 and tvd(out) < 0.7 * raw + 0.03  # sampling sd of the TVD on 400 rows is ~0.02
+    def one_way_tvd(rows):
+        cells = calibration.cells(rows, spec)
+        return np.mean([0.5 * np.abs(np.bincount(cells[t.columns[0]], minlength=t.table.size) / len(rows)
+                                     - t.table).sum()
+                        for t in calibration.targets if len(t.columns) == 1])
+
+    raw = one_way_tvd(model._generate(3_200, seed=0))  # the candidates calibration chooses from
+    assert one_way_tvd(out) < 0.75 * raw
     model.save(tmp_path / "saved")
     back = FittedLLM.load(tmp_path / "saved", spec=spec)
     assert back.calibration is not None
