@@ -32,12 +32,11 @@ from safesynth.errors import PublishError, SpecError
 from safesynth.publishers import (
     PublishedRelease,
     PublishTarget,
-    ReleaseInfo,
+    VersionedTable,
     check_columns,
     manifest_from_properties,
     privacy_properties,
     register,
-    release_info,
     same_manifest,
 )
 
@@ -58,7 +57,7 @@ def _storage_options(target: PublishTarget) -> dict[str, str]:
 
 
 @register
-class DeltaPublisher:
+class DeltaPublisher(VersionedTable):
     """``publish.format: delta``: one commit per release to the Delta table at ``publish.target``."""
 
     format = "delta"
@@ -105,7 +104,7 @@ class DeltaPublisher:
             raise PublishError(f"cannot open the Delta table at {self.uri}: {exc.__class__.__name__}: "
                                f"{_first_line(exc)}") from exc
 
-    def _commits(self, table: Any) -> list[tuple[int, dict[str, Any]]]:
+    def _versions(self, table: Any) -> list[tuple[int, dict[str, Any]]]:
         """``(version, manifest)`` of every safesynth commit, oldest first."""
         from deltalake.exceptions import DeltaError
 
@@ -120,25 +119,8 @@ class DeltaPublisher:
                 out.append((int(entry["version"]), manifest))
         return sorted(out, key=lambda vm: vm[0])
 
-    def _find(self, table: Any, release_id: str) -> tuple[int, dict[str, Any]] | None:
-        return next(((v, m) for v, m in self._commits(table) if m.get("release_id") == release_id), None)
-
-    def find(self, dataset: str, release_id: str) -> dict[str, Any] | None:
-        table = self._table(required=False)
-        found = None if table is None else self._find(table, release_id)
-        return None if found is None else found[1]
-
-    def releases(self, dataset: str) -> list[ReleaseInfo]:
-        table = self._table(required=False)
-        if table is None:
-            return []
-        return [release_info(m, dataset=dataset, release_id=str(m.get("release_id")), location=self.uri,
-                             version=str(v))
-                for v, m in self._commits(table) if m.get("dataset") == dataset]
-
-    def latest(self, dataset: str) -> ReleaseInfo | None:
-        found = self.releases(dataset)
-        return found[-1] if found else None
+    def _open(self) -> Any:
+        return self._table(required=False)
 
     # Publishing ----------------------------------------------------------------------------------
 

@@ -31,12 +31,11 @@ from safesynth.errors import PublishError, SpecError
 from safesynth.publishers import (
     PublishedRelease,
     PublishTarget,
-    ReleaseInfo,
+    VersionedTable,
     check_columns,
     manifest_from_properties,
     privacy_properties,
     register,
-    release_info,
     same_manifest,
 )
 
@@ -48,7 +47,7 @@ _NO_RETRIES = {"commit.retry.num-retries": "0"}
 
 
 @register
-class IcebergPublisher:
+class IcebergPublisher(VersionedTable):
     """``publish.format: iceberg``: one snapshot per release of ``publish.table`` in ``publish.catalog``."""
 
     format = "iceberg"
@@ -124,7 +123,7 @@ class IcebergPublisher:
         except (NoSuchTableError, NoSuchNamespaceError):
             return None
 
-    def _snapshots(self, table: Any) -> list[tuple[int, dict[str, Any]]]:
+    def _versions(self, table: Any) -> list[tuple[int, dict[str, Any]]]:
         """``(snapshot id, manifest)`` of every safesynth snapshot, oldest first."""
         out = []
         for snap in sorted(table.snapshots(), key=lambda s: (s.sequence_number or 0, s.timestamp_ms)):
@@ -134,26 +133,8 @@ class IcebergPublisher:
                 out.append((int(snap.snapshot_id), manifest))
         return out
 
-    def _find(self, table: Any, release_id: str) -> tuple[int, dict[str, Any]] | None:
-        return next(((s, m) for s, m in self._snapshots(table) if m.get("release_id") == release_id), None)
-
-    def find(self, dataset: str, release_id: str) -> dict[str, Any] | None:
-        table = self._table(self._catalog())
-        found = None if table is None else self._find(table, release_id)
-        return None if found is None else found[1]
-
-    def releases(self, dataset: str) -> list[ReleaseInfo]:
-        table = self._table(self._catalog())
-        if table is None:
-            return []
-        where = self.location(dataset, "")
-        return [release_info(m, dataset=dataset, release_id=str(m.get("release_id")), location=where,
-                             version=str(s))
-                for s, m in self._snapshots(table) if m.get("dataset") == dataset]
-
-    def latest(self, dataset: str) -> ReleaseInfo | None:
-        found = self.releases(dataset)
-        return found[-1] if found else None
+    def _open(self) -> Any:
+        return self._table(self._catalog())
 
     # Publishing ----------------------------------------------------------------------------------
 

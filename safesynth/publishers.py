@@ -167,6 +167,46 @@ class Publisher(Protocol):
         ...
 
 
+class VersionedTable:
+    """The reading side of a table format where each release is one version (a Delta commit, an Iceberg
+    snapshot) whose properties hold the release's manifest (:func:`privacy_properties`).
+
+    Subclasses give :meth:`_open` and :meth:`_versions` (and the rest of :class:`Publisher`).
+    """
+
+    def location(self, dataset: str, release_id: str) -> str:
+        raise NotImplementedError
+
+    def _open(self) -> Any:
+        """The table, or None when it does not exist yet. Raises PublishError if it cannot be read."""
+        raise NotImplementedError
+
+    def _versions(self, table: Any) -> list[tuple[int, dict[str, Any]]]:
+        """``(version, manifest)`` of every safesynth version of ``table``, oldest first."""
+        raise NotImplementedError
+
+    def _find(self, table: Any, release_id: str) -> tuple[int, dict[str, Any]] | None:
+        return next(((v, m) for v, m in self._versions(table) if m.get("release_id") == release_id), None)
+
+    def find(self, dataset: str, release_id: str) -> dict[str, Any] | None:
+        table = self._open()
+        found = None if table is None else self._find(table, release_id)
+        return None if found is None else found[1]
+
+    def releases(self, dataset: str) -> list[ReleaseInfo]:
+        table = self._open()
+        if table is None:
+            return []
+        where = self.location(dataset, "")
+        return [release_info(m, dataset=dataset, release_id=str(m.get("release_id")), location=where,
+                             version=str(v))
+                for v, m in self._versions(table) if m.get("dataset") == dataset]
+
+    def latest(self, dataset: str) -> ReleaseInfo | None:
+        found = self.releases(dataset)
+        return found[-1] if found else None
+
+
 PUBLISHERS: dict[str, type[Publisher]] = {}
 
 P = TypeVar("P", bound=type[Any])
