@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from safesynth.errors import SpecError
 
@@ -229,6 +237,26 @@ class MarginalsGeneratorSpec(_Frozen):
     bins: int = Field(32, ge=2, le=10_000, description="Histogram bins for numeric and datetime columns.")
 
 
+#: ``warm_start: auto`` picks MST only when all its two-way tables together hold at most this many cells (MST
+#: measures every pair of columns to choose its tree; wide categorical domains would cost memory and minutes).
+AUTO_WARM_MAX_CELLS = 2_000_000
+#: MST's cells per numeric column in the warm start (``MSTGeneratorSpec.bins``' default).
+_MST_BINS = 16
+
+
+def _mst_cells(col: ColumnSpec) -> int:
+    """An upper bound on a column's cells on MST's grid, with the null cell, from the spec alone."""
+    if isinstance(col, CategoricalColumn):
+        cells = len(col.categories) if col.categories is not None else col.max_categories
+    elif isinstance(col, BooleanColumn):
+        cells = 2
+    elif isinstance(col, IntegerColumn) and col.bounded:
+        cells = min(_MST_BINS, int(col.max) - int(col.min) + 1)  # type: ignore[arg-type]
+    else:
+        cells = _MST_BINS
+    return cells + 1
+
+
 class LLMGeneratorSpec(_Frozen):
     """A causal language model trained with DP-SGD on serialised records.
 
@@ -277,29 +305,50 @@ class LLMGeneratorSpec(_Frozen):
         "auto", description="Where to train and sample: auto (a CUDA GPU when torch sees one, else the CPU), "
         "cpu or cuda (fails before any budget is reserved when there is none)."
     )
-    warm_start: Literal["none", "mst"] = Field(
-        "none", description="Before DP-SGD, train the model without noise on rows sampled from a DP model of "
+    warm_start: Literal["auto", "none", "mst"] = Field(
+        "auto", description="Before DP-SGD, train the model without noise on rows sampled from a DP model of "
         "the table's marginals (mst: OpenDP's MST, spending `warm_start_share` of the generator stage): "
-        "post-processing of a DP output, so the pretraining itself costs nothing more. Not for specs with text "
-        "columns."
+        "post-processing of a DP output, so the pretraining itself costs nothing more. auto (the default): mst "
+        "for a table without text columns, a model built from config and delta > 0; none otherwise."
     )
     warm_start_share: float = Field(
         0.3, gt=0.0, lt=0.9, description="Share of the generator stage's epsilon and delta the warm start's "
         "marginals spend (DP-SGD gets the rest, less the row count's share)."
     )
     warm_start_epochs: float = Field(
-        2.0, gt=0.0, le=100.0, description="Passes over the warm start's sampled rows (as many as the noisy row "
+        6.0, gt=0.0, le=100.0, description="Passes over the warm start's sampled rows (as many as the noisy row "
         "count, at least 1,000 and at most 200,000)."
     )
-    calibrate: bool = Field(
-        False, description="Pull sampled rows towards the warm start's DP marginals (needs warm_start: mst): "
+    calibrate: bool | None = Field(
+        None, description="Pull sampled rows towards the warm start's DP marginals (needs warm_start: mst): "
         "sample `calibrate_oversample` times the rows, weight them by raking to the MST model's one-way and "
-        "measured two-way marginals on its grid, keep a weighted subset. Post-processing: costs no budget."
+        "measured two-way marginals on its grid, keep a weighted subset. Post-processing: costs no budget. "
+        "Default: true when the warm start is mst."
     )
     calibrate_oversample: int = Field(
-        4, ge=2, le=32, description="Candidate rows sampled per kept row when `calibrate` is true (sampling time "
+        8, ge=2, le=32, description="Candidate rows sampled per kept row when `calibrate` is true (sampling time "
         "grows with it)."
     )
+
+    def resolved(self, *, columns: int, text_columns: bool, pair_cells: int, delta: float) -> LLMGeneratorSpec:
+        """This spec with ``warm_start: auto`` and ``calibrate`` unset decided from public spec facts.
+
+        ``auto`` is mst when the table has two or more columns and no text column, MST's two-way tables hold at
+        most :data:`AUTO_WARM_MAX_CELLS` cells in all (``pair_cells``, an upper bound from the declared
+        domains), no pretrained ``model`` is set and delta > 0 (MST's zCDP needs it); ``calibrate`` follows the
+        warm start. Reads no data.
+        """
+        warm = self.warm_start
+        if warm == "auto":
+            fits = columns >= 2 and not text_columns and pair_cells <= AUTO_WARM_MAX_CELLS
+            warm = "mst" if fits and self.model is None and delta > 0 else "none"
+        calibrate = (warm == "mst") if self.calibrate is None else self.calibrate
+        if calibrate and warm == "none":
+            raise ValueError("`calibrate: true` pulls rows towards the warm start's marginals: set warm_start: mst"
+                             + (" (auto chose none for this spec)" if self.warm_start == "auto" else ""))
+        if (warm, calibrate) == (self.warm_start, self.calibrate):
+            return self
+        return self.model_copy(update={"warm_start": warm, "calibrate": calibrate})
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> LLMGeneratorSpec:
@@ -668,6 +717,18 @@ class ReleaseSpec(_Frozen):
             raise ValueError("`columns` must declare at least one column")
         return value
 
+    @field_validator("generator")
+    @classmethod
+    def _resolve_generator(cls, value: Any, info: ValidationInfo) -> Any:
+        """The llm generator's ``auto`` settings, decided from the columns and delta (public, no data)."""
+        columns, privacy = info.data.get("columns"), info.data.get("privacy")
+        if not isinstance(value, LLMGeneratorSpec) or columns is None or privacy is None:
+            return value
+        text = any(isinstance(col, TextColumn) for col in columns.values())
+        cells = [_mst_cells(col) for col in columns.values()]
+        pairs = (sum(cells) ** 2 - sum(c * c for c in cells)) // 2
+        return value.resolved(columns=len(columns), text_columns=text, pair_cells=pairs, delta=privacy.delta)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> ReleaseSpec:
         reserved = [name for name in self.columns if name.startswith(RESERVED_COLUMN_PREFIX)]
@@ -695,6 +756,9 @@ class ReleaseSpec(_Frozen):
             if not self.privacy.delta > 0:
                 raise ValueError(f"`privacy.delta` (0) must be > 0 for `generator.kind` ({kind}): its zCDP "
                                  "guarantee converts to (epsilon, delta) only with delta > 0")
+            if len(self.columns) < 2:
+                raise ValueError(f"`generator.kind` ({kind}) models pairs of columns and needs at least two; for "
+                                 "one column use the marginals generator (the same one-way model)")
         target = self.audit.target_column
         if target is not None and not isinstance(self.columns[target], CategoricalColumn | BooleanColumn):
             raise ValueError(f"`audit.target_column` ({target!r}) must be a categorical or boolean column")

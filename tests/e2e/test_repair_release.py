@@ -29,7 +29,7 @@ RUNS = 5
 ROWS = 400
 
 TINY_LLM = {"kind": "llm", "layers": 1, "hidden_size": 32, "heads": 2, "epochs": 1.0, "batch_size": 128,
-            "context_length": 32}
+            "context_length": 32, "warm_start": "none"}
 
 
 def table(tmp_path: Path) -> Path:

@@ -195,7 +195,7 @@ class LLMBackend:
         account.add(count_spend)
         warm_epsilon, warm_delta = warm_budget(stage, gen)
         calibration = None
-        if gen.warm_start != "none":  # spends the warm start's share; the pretraining is post-processing
+        if gen.warm_start == "mst":  # spends the warm start's share; the pretraining is post-processing
             marginal_model = warm_start(lm, train, spec=spec, stage=stage, codec=codec, grammar=grammar, order=order,
                                         noisy_rows=noisy_rows, account=account, noise=noise, workdir=workdir)
             if gen.calibrate:  # the MST model's marginals, post-processing

@@ -48,23 +48,29 @@ WARM_BATCH = 256
 
 
 def check_warm_start(spec: ReleaseSpec) -> None:
-    """``warm_start: mst`` needs no text column and ``privacy.delta > 0`` (reads no data).
+    """``warm_start: mst`` needs two or more columns, no text column and ``privacy.delta > 0`` (reads no data).
 
     Raises:
         SpecError: the spec cannot be warm started.
     """
     gen = spec.generator
-    if not isinstance(gen, LLMGeneratorSpec) or gen.warm_start == "none":
+    if not isinstance(gen, LLMGeneratorSpec) or gen.warm_start != "mst":
         return
     texts = [name for name, col in spec.columns.items() if isinstance(col, TextColumn)]
     if texts:
         raise SpecError(f"`generator.warm_start: {gen.warm_start}` models cells, not free text: the spec has text "
                         f"column(s) {', '.join(texts)}; set warm_start: none")
+    if len(spec.columns) < 2:
+        raise SpecError("`generator.warm_start: mst` models pairs of columns: the spec has one column; set "
+                        "warm_start: none")
+    if not spec.privacy.delta > 0:
+        raise SpecError("`generator.warm_start: mst` measures with Gaussian noise (zCDP), which converts to "
+                        "(epsilon, delta) only with `privacy.delta` > 0; set warm_start: none")
 
 
 def warm_budget(stage: StageBudget, gen: LLMGeneratorSpec) -> tuple[float, float]:
     """The warm start's (epsilon, delta): ``warm_start_share`` of the generator stage's (0, 0 without one)."""
-    if gen.warm_start == "none":
+    if gen.warm_start != "mst":  # none, or auto outside a ReleaseSpec (which resolves it)
         return 0.0, 0.0
     return gen.warm_start_share * stage.epsilon, gen.warm_start_share * stage.delta
 

@@ -65,6 +65,9 @@ def test_spec_refuses_text_columns_and_zero_delta(tmp_path, kind):
         make_spec(tmp_path, generator={"kind": kind})  # MIXED_COLUMNS holds the text column `note`
     with pytest.raises(SpecError, match=r"`privacy.delta` \(0\) must be > 0"):
         spec_for(tmp_path, {"kind": kind}, delta=0.0)
+    # OpenDP's MST divides its selection budget by columns - 1: one column is refused before any budget
+    with pytest.raises(SpecError, match=rf"`generator.kind` \({kind}\) models pairs of columns"):
+        make_spec(tmp_path, generator={"kind": kind}, columns={"age": {"type": "integer", "min": 0, "max": 9}})
 
 
 def test_spec_reads_the_algorithm_knobs_with_defaults(tmp_path):

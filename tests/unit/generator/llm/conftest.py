@@ -34,8 +34,10 @@ TABULAR: dict[str, Any] = {
 
 def llm_spec(tmp_path: Path, columns: dict[str, Any], *, epsilon: float = 2.0, delta: float = 1e-5,
              mechanism: str = "laplace", **generator: Any) -> ReleaseSpec:
+    """A tiny llm spec; the MST warm start (the default for tables without text) is off unless asked for, so
+    these tests exercise DP-SGD alone (``test_warm.py`` covers the default)."""
     gen = {"kind": "llm", "layers": 1, "hidden_size": 32, "heads": 2, "context_length": 128, "epochs": 1.0,
-           "batch_size": 32, "learning_rate": 1e-2, **generator}
+           "batch_size": 32, "learning_rate": 1e-2, "warm_start": "none", **generator}
     return parse_spec({
         "dataset": "unit-llm", "source": "data.csv", "columns": columns,
         "privacy": {"epsilon": epsilon, "delta": delta, "lifetime_epsilon": 100.0, "mechanism": mechanism},

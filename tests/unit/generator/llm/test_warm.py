@@ -76,7 +76,43 @@ def test_spec_defaults():
     from safesynth.spec import LLMGeneratorSpec
 
     gen = LLMGeneratorSpec(kind="llm")
-    assert (gen.warm_start, gen.warm_start_share, gen.warm_start_epochs) == ("none", 0.3, 2.0)
+    assert (gen.warm_start, gen.warm_start_share, gen.warm_start_epochs) == ("auto", 0.3, 6.0)
+    assert (gen.calibrate, gen.calibrate_oversample) == (None, 8)
+
+
+WIDE = {"type": "categorical", "categories": [f"v{i}" for i in range(1_500)]}
+
+
+@pytest.mark.parametrize(("columns", "generator", "delta", "expected"), [
+    (TABULAR, {}, 1e-5, ("mst", True)),                                   # the default for a table of cells
+    (ALL_TYPES, {}, 1e-5, ("none", False)),                               # a text column: DP-SGD alone
+    (TABULAR, {}, 0.0, ("none", False)),                                  # MST's zCDP needs delta > 0
+    ({"a": TABULAR["a"]}, {}, 1e-5, ("none", False)),                     # one column: no pairs to model
+    ({"a": WIDE, "b": WIDE}, {}, 1e-5, ("none", False)),                  # 1,501^2 pair cells > 2 million
+    ({"a": WIDE, "b": TABULAR["b"]}, {}, 1e-5, ("mst", True)),
+    (TABULAR, {"model": "smollm2-135m"}, 1e-5, ("none", False)),          # a pretrained model
+    (TABULAR, {"warm_start": "auto", "calibrate": False}, 1e-5, ("mst", False)),
+    (TABULAR, {"warm_start": "mst"}, 1e-5, ("mst", True)),                # calibrate follows the warm start
+    (TABULAR, {"warm_start": "none"}, 1e-5, ("none", False)),
+], ids=["tabular", "text", "delta0", "one-column", "wide", "wide-narrow", "pretrained", "no-calibrate", "mst", "none"])
+def test_auto_warm_start_is_decided_from_public_spec_facts(tmp_path, columns, generator, delta, expected):
+    spec = llm_spec(tmp_path, columns, delta=delta, **{"warm_start": "auto", **generator})
+    assert (spec.generator.warm_start, spec.generator.calibrate) == expected
+    again = llm_spec(tmp_path, columns, delta=delta, **{"warm_start": "auto", **generator})
+    assert again.digest() == spec.digest()  # the resolved spec is what the manifest's digest covers
+
+
+def test_calibrate_on_a_spec_auto_resolves_without_a_warm_start_is_refused(tmp_path):
+    with pytest.raises(SpecError, match=r"calibrate: true.*auto chose none"):
+        llm_spec(tmp_path, ALL_TYPES, warm_start="auto", calibrate=True)
+
+
+def test_an_explicit_warm_start_with_delta_zero_or_one_column_is_refused_before_any_budget(tmp_path):
+    spec = llm_spec(tmp_path, TABULAR, delta=0.0, warm_start="mst")
+    with pytest.raises(SpecError, match=r"delta` > 0"):
+        check_warm_start(spec)
+    with pytest.raises(SpecError, match=r"pairs of columns: the spec has one column"):
+        check_warm_start(llm_spec(tmp_path, {"a": TABULAR["a"]}, warm_start="mst"))
 
 
 @pytest.mark.slow
