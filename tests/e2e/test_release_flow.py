@@ -243,8 +243,9 @@ def test_undeclared_categories_are_discovered_with_dp_and_charged(tmp_path, safe
 
 
 def test_flow_publishes_an_llm_release(tmp_path, safesynth_home, prefect_harness, monkeypatch):
-    """The DP-SGD language model through the whole flow (a tiny model on a column subset, for speed), sampled
-    on a LocalCluster started for the release (its workers prewarmed while the data is read and fitted)."""
+    """The DP-SGD language model through the whole flow (a tiny model on a column subset without text, for
+    speed, so with its default MST warm start and calibrated sampling), sampled on a LocalCluster started for
+    the release (its workers prewarmed while the data is read and fitted)."""
     monkeypatch.delenv("SAFESYNTH_DASK_SCHEDULER", raising=False)
     data = yaml.safe_load((REPO / "data" / "demo.yaml").read_text())
     keep = ["age", "sex", "department", "visit_type", "smoker", "bmi"]
@@ -253,11 +254,17 @@ def test_flow_publishes_an_llm_release(tmp_path, safesynth_home, prefect_harness
                      generator={"kind": "llm", "layers": 1, "hidden_size": 32, "heads": 2, "epochs": 1,
                                 "batch_size": 256, "condition_on": "department"},
                      sampling={"rows": 300, "seed": 0})
+    subset = yaml.safe_load(spec.read_text())
+    subset["columns"] = columns  # spec_copy merges mappings: keep only the subset (no text column)
+    spec.write_text(yaml.safe_dump(subset, sort_keys=False))
     state = run_flow(spec, "llm-e2e")
     assert state.is_completed(), state.message
     manifest = check_release(tmp_path, spec, "llm-e2e")
     stages = {s["stage"]: s for s in manifest["privacy"]["stages"]}
-    assert set(stages) == {"condition", "repairs", "generator.count", "generator.dp_sgd", "audit.count", "audit.auc"}
+    # a table without text: the default warm start (MST) and calibration
+    assert set(stages) == {"condition", "repairs", "generator.count", "generator.warm_start", "generator.dp_sgd",
+                           "audit.count", "audit.auc"}
+    assert stages["generator.warm_start"]["secure_noise"] is True
     assert stages["generator.dp_sgd"]["secure_noise"] is False  # Opacus noise, recorded honestly
     assert manifest["privacy"]["secure_noise"] is False
     assert manifest["privacy"]["guarantee"].startswith("epsilon holds if torch's RNG is unpredictable")
