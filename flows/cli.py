@@ -130,7 +130,7 @@ def main_callback(
 def spec_check(spec: Annotated[Path, typer.Argument(help="Release spec YAML file.")]) -> None:
     """Validate a release spec and print its budget plan, without reading any data."""
     from safesynth.privacy.planner import plan_budget
-    from safesynth.spec import load_spec
+    from safesynth.spec import LLMGeneratorSpec, load_spec
 
     try:
         loaded = load_spec(spec)
@@ -138,8 +138,13 @@ def spec_check(spec: Annotated[Path, typer.Argument(help="Release spec YAML file
         loaded.source_format  # noqa: B018 - raises SpecError for an unknown extension
     except SafeSynthError as exc:
         _fail(exc)
+    gen = loaded.generator
+    how = ""
+    if isinstance(gen, LLMGeneratorSpec):  # what warm_start: auto decided (from the spec alone)
+        how = (f" (warm start mst, share {gen.warm_start_share:g}{', calibrated' if gen.calibrate else ''})"
+               if gen.warm_start == "mst" else " (DP-SGD only)")
     out.print(f"[green]ok[/] {spec}: dataset `{loaded.dataset}`, {len(loaded.columns)} columns, "
-              f"generator {loaded.generator.kind}, {loaded.sampling.rows} rows")
+              f"generator {gen.kind}{how}, {loaded.sampling.rows} rows")
     out.print(f"   source {loaded.source_uri} -> target {loaded.target_uri}")
     stages = ", ".join(f"{s.name} eps={s.epsilon:.4g} delta={s.delta:.2g}" for s in plan.stages)
     out.print(f"   budget epsilon={plan.epsilon} delta={plan.delta:g} ({plan.accountant}); stages: {stages}")

@@ -142,3 +142,17 @@ def test_spec_check_reads_no_data(tmp_path):
     result = CliRunner().invoke(app, ["spec", "check", str(spec)])
     assert result.exit_code == 0, result.output
     assert "ok" in result.output
+
+
+def test_spec_check_says_what_the_llms_auto_warm_start_decided(tmp_path):
+    """demo.yaml has a text column (DP-SGD only); without it the llm warm starts from MST, calibrated."""
+    columns = yaml.safe_load((REPO / "data" / "demo.yaml").read_text())["columns"]
+    with_text = demo_spec(tmp_path, tmp_path / "nowhere.csv", generator={"kind": "llm"})
+    result = CliRunner().invoke(app, ["spec", "check", str(with_text)])
+    assert result.exit_code == 0, result.output
+    assert "generator llm (DP-SGD only)" in " ".join(result.output.split())
+    no_text = demo_spec(tmp_path, tmp_path / "nowhere.csv", generator={"kind": "llm"},
+                        columns={k: v for k, v in columns.items() if v["type"] != "text"})
+    result = CliRunner().invoke(app, ["spec", "check", str(no_text)])
+    assert result.exit_code == 0, result.output
+    assert "generator llm (warm start mst, share 0.3, calibrated)" in " ".join(result.output.split())
