@@ -111,6 +111,8 @@ def sample_on_cluster(
     shards = shard_plan(spec)
     plan = plan or plan_cluster(spec, shards=len(shards))
     _publish_model(model_dir, scratch)
+    if not is_remote(scratch.parts_uri):  # workers write into it but never create it (see write_bytes)
+        Path(scratch.parts_uri).mkdir(parents=True, exist_ok=True, mode=0o700)
     run_token = secrets.token_hex(6)
     resources = {"GPU": 1} if spec.sampling.gpu else None
     try:

@@ -60,8 +60,13 @@ def encode_part(frame: Any, spec: ReleaseSpec) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write ``data`` at ``uri`` whole or not at all: temporary name + rename locally, one PUT remotely."""
+def write_bytes(uri: str, data: bytes, *, make_parents: bool = True) -> None:
+    """Write ``data`` at ``uri`` whole or not at all: temporary name + rename locally, one PUT remotely.
+
+    With ``make_parents=False`` a local write needs its directory to exist already and raises
+    FileNotFoundError otherwise: a shard still running after its run failed (Dask cannot stop a running
+    task) must not recreate a parts directory the run has removed or quarantined.
+    """
     if is_remote(uri):
         import fsspec
 
@@ -69,7 +74,8 @@ def write_bytes(uri: str, data: bytes) -> None:
         fs.pipe_file(path, data)
         return
     path = local_path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -139,3 +139,15 @@ def test_prewarming_starts_nothing_where_sampling_will_not_start_a_local_cluster
     assert prewarm_workers(spec_with(tmp_path, cluster="cuda")) is False
     assert started == []
     assert prewarm_workers(spec_with(tmp_path)) is True and started == [True]
+
+
+def test_a_shard_write_never_recreates_a_removed_parts_directory(tmp_path):
+    """A shard still running after its run failed (Dask cannot stop a running task) writes after the run
+    removed or quarantined its work directory: the write fails and leaves nothing, not a fresh directory."""
+    gone = tmp_path / "run" / "parts" / "part-00001.parquet"
+    with pytest.raises(FileNotFoundError):
+        write_bytes(str(gone), b"rows", make_parents=False)
+    assert not (tmp_path / "run").exists()
+    gone.parent.mkdir(parents=True)
+    write_bytes(str(gone), b"rows", make_parents=False)
+    assert gone.read_bytes() == b"rows" and [p.name for p in gone.parent.iterdir()] == [gone.name]
