@@ -240,20 +240,18 @@ class MarginalsGeneratorSpec(_Frozen):
 #: ``warm_start: auto`` picks MST only when all its two-way tables together hold at most this many cells (MST
 #: measures every pair of columns to choose its tree; wide categorical domains would cost memory and minutes).
 AUTO_WARM_MAX_CELLS = 2_000_000
-#: MST's cells per numeric column in the warm start (``MSTGeneratorSpec.bins``' default).
-_MST_BINS = 16
 
 
-def _mst_cells(col: ColumnSpec) -> int:
+def _mst_cells(col: ColumnSpec, bins: int) -> int:
     """An upper bound on a column's cells on MST's grid, with the null cell, from the spec alone."""
     if isinstance(col, CategoricalColumn):
         cells = len(col.categories) if col.categories is not None else col.max_categories
     elif isinstance(col, BooleanColumn):
         cells = 2
     elif isinstance(col, IntegerColumn) and col.bounded:
-        cells = min(_MST_BINS, int(col.max) - int(col.min) + 1)  # type: ignore[arg-type]
+        cells = min(bins, int(col.max) - int(col.min) + 1)  # type: ignore[arg-type]
     else:
-        cells = _MST_BINS
+        cells = bins
     return cells + 1
 
 
@@ -725,7 +723,8 @@ class ReleaseSpec(_Frozen):
         if not isinstance(value, LLMGeneratorSpec) or columns is None or privacy is None:
             return value
         text = any(isinstance(col, TextColumn) for col in columns.values())
-        cells = [_mst_cells(col) for col in columns.values()]
+        bins = MSTGeneratorSpec.model_fields["bins"].default  # the warm start's MST uses the defaults
+        cells = [_mst_cells(col, bins) for col in columns.values()]
         pairs = (sum(cells) ** 2 - sum(c * c for c in cells)) // 2
         return value.resolved(columns=len(columns), text_columns=text, pair_cells=pairs, delta=privacy.delta)
 

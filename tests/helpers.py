@@ -88,6 +88,7 @@ def as_sampled(frame, spec, path):
     from safesynth.sampling.parts import Part, SampledRows, encode_part, write_bytes
 
     data = encode_part(frame, spec)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # the sample stage's driver makes it
     write_bytes(str(path), data)
     return SampledRows((Part(shard=0, uri=str(path), rows=len(frame), size=len(data),
                              sha256=hashlib.sha256(data).hexdigest()),))

@@ -60,10 +60,10 @@ def encode_part(frame: Any, spec: ReleaseSpec) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def write_bytes(uri: str, data: bytes, *, make_parents: bool = True) -> None:
+def write_bytes(uri: str, data: bytes) -> None:
     """Write ``data`` at ``uri`` whole or not at all: temporary name + rename locally, one PUT remotely.
 
-    With ``make_parents=False`` a local write needs its directory to exist already and raises
+    A local write needs its directory to exist already (the driver makes the parts directory) and raises
     FileNotFoundError otherwise: a shard still running after its run failed (Dask cannot stop a running
     task) must not recreate a parts directory the run has removed or quarantined.
     """
@@ -74,8 +74,6 @@ def write_bytes(uri: str, data: bytes, *, make_parents: bool = True) -> None:
         fs.pipe_file(path, data)
         return
     path = local_path(uri)
-    if make_parents:
-        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

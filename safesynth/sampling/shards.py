@@ -157,6 +157,6 @@ def run_shard(job: ShardJob) -> Part:
         raise GeneratorError(f"shard {job.shard.index}: the generator returned {len(frame)} rows, "
                              f"not {job.shard.rows}")
     data = encode_part(frame, job.spec)
-    write_bytes(job.part_uri, data, make_parents=False)  # the driver made the directory; gone = run stopped
+    write_bytes(job.part_uri, data)  # the driver made the directory; gone = the run stopped
     return Part(shard=job.shard.index, uri=job.part_uri, rows=job.shard.rows, size=len(data),
                 sha256=hashlib.sha256(data).hexdigest())

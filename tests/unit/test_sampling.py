@@ -146,8 +146,8 @@ def test_a_shard_write_never_recreates_a_removed_parts_directory(tmp_path):
     removed or quarantined its work directory: the write fails and leaves nothing, not a fresh directory."""
     gone = tmp_path / "run" / "parts" / "part-00001.parquet"
     with pytest.raises(FileNotFoundError):
-        write_bytes(str(gone), b"rows", make_parents=False)
+        write_bytes(str(gone), b"rows")
     assert not (tmp_path / "run").exists()
     gone.parent.mkdir(parents=True)
-    write_bytes(str(gone), b"rows", make_parents=False)
+    write_bytes(str(gone), b"rows")
     assert gone.read_bytes() == b"rows" and [p.name for p in gone.parent.iterdir()] == [gone.name]
