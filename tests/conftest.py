@@ -20,6 +20,11 @@ os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 os.environ["HF_HOME"] = str(_HOME / "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# One OpenMP thread per process: the suite runs CLI subprocesses, Dask workers and servers beside the test
+# process on 2 CI cores, and OpenMP's spinning threads (sklearn's HistGradientBoosting in the audit, torch)
+# slow down ~6x when a core is shared (3 fits of 1,500 rows: 1.9 s against 0.3 s beside one busy process).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("SAFESYNTH_TORCH_THREADS", "1")
 
 # Property tests are derandomised (same examples every run: no unseeded randomised asserts) and not
 # timed: a loaded 2-core CI machine must not turn a slow example into a failure.
