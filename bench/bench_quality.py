@@ -51,6 +51,8 @@ from common import (  # noqa: E402
     load_typed,
     make_spec,
     marginal_tvd,
+    mean_std,
+    mean_std_text,
     run_release,
     split,
     table,
@@ -262,32 +264,16 @@ def summarize(runs: list[dict[str, Any]], trtr_rows: list[dict[str, Any]]) -> li
                                    "failed": len(group) - len(ok),
                                    "failures": sorted({r["reason"] for r in group if r.get("status") == "failed"})}
             for m in metrics:
-                values = np.array([r[m] for r in ok if r.get(m) is not None], dtype=np.float64)
-                values = values[np.isfinite(values)]
-                row[m] = {"mean": float(values.mean()) if len(values) else None,
-                          "std": float(values.std(ddof=1)) if len(values) > 1 else None, "n": int(len(values))}
+                row[m] = mean_std(r.get(m) for r in ok)
             out.append(row)
     return out
-
-
-def _cell(stat: dict[str, Any] | None) -> str:
-    """``mean ± std`` with both rounded to the std's second significant digit; the mean alone for one run."""
-    if not stat or stat.get("mean") is None:
-        return ""
-    mean, std = stat["mean"], stat.get("std")
-    if std is None:
-        return f"{mean:.4g}"
-    if std == 0 or not np.isfinite(std):
-        return f"{mean:.4g} ± {std:g}"
-    decimals = min(8, max(0, 1 - int(np.floor(np.log10(std)))))
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def _summary_rows(summary: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     metrics = list(dict.fromkeys(m for s in summary for m in (*SUMMARY_METRICS, *REVIEW_METRICS) if m in s))
     header = ["dataset", "generator", "eps", "n", *metrics]
     body = [[s["dataset"], s["generator"], "" if s["epsilon_target"] is None else f"{s['epsilon_target']:g}",
-             f"{s['n']}" + (f" ({s['failed']} failed)" if s["failed"] else ""), *(_cell(s.get(m)) for m in metrics)]
+             f"{s['n']}" + (f" ({s['failed']} failed)" if s["failed"] else ""), *(mean_std_text(s.get(m)) for m in metrics)]
             for s in summary]
     return header, body
 

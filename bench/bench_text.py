@@ -54,6 +54,8 @@ from common import (  # noqa: E402
     get_backend,
     load_typed,
     make_spec,
+    mean_std,
+    mean_std_text,
     plan_budget,
     split,
     table,
@@ -85,16 +87,25 @@ LABELS = {"recommended": lambda f: f["recommended_ind"].astype(bool) if "recomme
           "rating4": lambda f: f["rating"].astype(float) >= 4 if "rating" in f else None}
 
 
-def columns(max_length: int) -> dict[str, Any]:
-    return {**REVIEWS_COLUMNS, TEXT: {**REVIEWS_COLUMNS[TEXT], "max_length": max_length}}
+#: Column descriptions (public spec text, from the dataset's documentation); the in-context generator's
+#: prompts name the text and its label with them. ``--plain-prompts`` leaves them out (column names only).
+DESCRIPTIONS = {TEXT: "customer reviews of women's clothing bought online",
+                "recommended_ind": "the reviewer recommends the product", "rating": "the reviewer's rating, 1 to 5"}
+
+
+def columns(max_length: int, *, descriptions: bool = True) -> dict[str, Any]:
+    out = {**REVIEWS_COLUMNS, TEXT: {**REVIEWS_COLUMNS[TEXT], "max_length": max_length}}
+    return {name: {**col, "description": DESCRIPTIONS[name]} if descriptions and name in DESCRIPTIONS else col
+            for name, col in out.items()}
 
 
 def generator_config(name: str, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {**GENERATORS[name], **overrides.get(name, {})}
 
 
-def spec_for(config: dict[str, Any], *, epsilon: float, rows: int, max_length: int) -> Any:
-    return make_spec(columns(max_length), source=str(PATH), epsilon=epsilon, delta=DELTA, generator=config,
+def spec_for(config: dict[str, Any], *, epsilon: float, rows: int, max_length: int,
+             descriptions: bool = True) -> Any:
+    return make_spec(columns(max_length, descriptions=descriptions), source=str(PATH), epsilon=epsilon, delta=DELTA, generator=config,
                      rows=rows, base_dir=Path.cwd())
 
 
@@ -137,7 +148,8 @@ def fit_and_sample(config: dict[str, Any], *, epsilon: float, rows: int, args: a
     from safesynth.errors import SafeSynthError
 
     train, _ = load_split(train_rows=args.train_rows, test_rows=args.test_rows, max_length=args.max_length)
-    spec = spec_for(config, epsilon=epsilon, rows=rows, max_length=args.max_length)
+    spec = spec_for(config, epsilon=epsilon, rows=rows, max_length=args.max_length,
+                    descriptions=not args.plain_prompts)
     batch = SAMPLE_BATCH.get(args.generators[0])
     if batch is not None:
         spec = spec.model_copy(update={"sampling": spec.sampling.model_copy(update={"batch_size": batch})})
@@ -174,7 +186,8 @@ def run_child(name: str, epsilon: float, args: argparse.Namespace, out: Path) ->
     cmd = [sys.executable, __file__, "--one", "--generators", name, "--eps", str(epsilon), "--rows",
            str(rows_for(name, args.rows)),
            "--train-rows", str(args.train_rows), "--test-rows", str(args.test_rows), "--max-length",
-           str(args.max_length), "--out", str(out), *sum((["--set", s] for s in args.set), [])]
+           str(args.max_length), "--out", str(out), *sum((["--set", s] for s in args.set), []),
+           *(["--plain-prompts"] if args.plain_prompts else [])]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if not lines:
@@ -204,6 +217,19 @@ class Evaluator:
                 self.ppl_note = f"skipped: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 print(f"perplexity {self.ppl_note}", file=sys.stderr)
 
+    def trts(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """The classifier trained on every real training text, scored on the synthetic texts against their
+        generated labels: does a text carry the label it was generated with? (Needs far fewer texts than
+        TSTR to tell a label-blind generator, at ~0.5, from one whose texts follow their labels.)"""
+        out: dict[str, Any] = {}
+        texts = frame[TEXT].astype(str).tolist()
+        for label, get in LABELS.items():
+            y, real = get(frame), get(self.train)
+            result = (tm.text_tstr(self.train_texts, real.tolist(), texts, y.tolist())
+                      if y is not None and real is not None else {"roc_auc": None})
+            out[f"trts_{label}_auc"] = result["roc_auc"]
+        return out
+
     def classifiers(self, frame: pd.DataFrame, prefix: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         texts = frame[TEXT].astype(str).tolist()
@@ -226,6 +252,7 @@ class Evaluator:
         frame = frame[frame[TEXT].astype(str).str.strip() != ""].reset_index(drop=True)
         texts = frame[TEXT].astype(str).tolist()
         out: dict[str, Any] = {"texts": len(texts), **self.classifiers(frame, "tstr_"), **self.trtr(len(texts)),
+                               **self.trts(frame),
                                **tm.length_stats(texts, ""), **tm.vocab_stats(self.train_texts, texts),
                                **tm.copy_stats(self.train_texts, texts)}
         if self.ppl is not None and texts:
@@ -263,9 +290,25 @@ def _one(args: argparse.Namespace) -> None:
 
 
 COLUMNS = ["generator", "eps_target", "eps_spent", "status", "rows_generated", "texts", "tstr_recommended_auc", "trtr_recommended_auc",
-           "tstr_rating4_auc", "trtr_rating4_auc", "word_overlap", "type_overlap", "coverage_top", "chars_q50",
+           "tstr_rating4_auc", "trtr_rating4_auc", "trts_recommended_auc", "trts_rating4_auc", "word_overlap", "type_overlap", "coverage_top", "chars_q50",
            "words_q50", "ppl_median", "verbatim", "shared_shingle", "near_copy", "similarity_q90", "fit_s",
            "sample_s", "sample_ms_per_token", "sample_ms_per_byte", "total_ms_per_token", "peak_rss_gb"]
+
+
+#: Metrics summarised over ``--repeats`` (mean ± std per generator and epsilon).
+SUMMARY = ["eps_spent", "texts", "tstr_recommended_auc", "trtr_recommended_auc", "tstr_rating4_auc",
+           "trtr_rating4_auc", "trts_recommended_auc", "trts_rating4_auc", "word_overlap", "type_overlap", "ppl_median", "verbatim", "near_copy", "fit_s",
+           "sample_s", "peak_rss_gb"]
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (generator, epsilon): how many runs succeeded and the mean ± std of each ``SUMMARY`` metric."""
+    out: list[dict[str, Any]] = []
+    for name, eps in dict.fromkeys((r["generator"], r.get("eps_target")) for r in runs if "eps_target" in r):
+        ok = [r for r in runs if (r["generator"], r.get("eps_target")) == (name, eps) and r["status"] == "ok"]
+        out.append({"generator": name, "eps_target": eps, "n": len(ok),
+                    **{m: mean_std(r.get(m) for r in ok) for m in SUMMARY}})
+    return out
 
 
 def main() -> None:
@@ -279,6 +322,10 @@ def main() -> None:
     parser.add_argument("--test-rows", type=int, default=2000, help="real test rows (TSTR, reference metrics)")
     parser.add_argument("--max-length", type=int, default=200, help="review_text max_length (characters)")
     parser.add_argument("--perplexity-texts", type=int, default=100, help="texts scored by smollm2-135m (0: skip)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per generator and epsilon (a summary "
+                        "gives mean ± std; the data split is fixed, each fit's randomness is its own)")
+    parser.add_argument("--plain-prompts", action="store_true", help="leave the column descriptions out of "
+                        "the spec (in-context prompts then name columns only)")
     parser.add_argument("--name", default="text", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -303,11 +350,12 @@ def main() -> None:
             print(f"{name}: unsupported by the installed code ({reason}); skipped", file=sys.stderr)
             rows.append({"generator": name, "status": "unsupported", "reason": reason, "config": config})
             continue
-        for eps in args.eps:
+        for eps, repeat in ((e, k) for e in args.eps for k in range(args.repeats)):
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "synthetic.parquet"
                 result = run_child(name, eps, args, out)
-                row: dict[str, Any] = {"generator": name, "eps_target": eps, "config": config, **result}
+                row: dict[str, Any] = {"generator": name, "eps_target": eps, "repeat": repeat, "config": config,
+                                       **result}
                 if result["status"] == "ok":
                     synthetic = pd.read_parquet(out)
                     row["rows_generated"] = len(synthetic)
@@ -325,7 +373,12 @@ def main() -> None:
             rows.append(row)
             print(table(rows[-1:], COLUMNS), flush=True)
     print(table(rows, COLUMNS))
-    payload = {"rows": rows, "delta": DELTA, "seed": 0, "train_rows": len(train), "test_rows": len(test),
+    summary = summarize(rows[1:]) if args.repeats > 1 else []
+    if summary:
+        print(f"\nmean ± std over {args.repeats} runs (each fit draws its own secret randomness)")
+        print(table([{k: mean_std_text(v) if isinstance(v, dict) else v for k, v in s.items()} for s in summary],
+                    ["generator", "eps_target", "n", *SUMMARY]))
+    payload = {"rows": rows, "summary": summary, "repeats": args.repeats, "delta": DELTA, "seed": 0, "train_rows": len(train), "test_rows": len(test),
                "max_length": args.max_length, "rows_asked": {n: rows_for(n, args.rows) for n in args.generators}, "perplexity_model": "smollm2-135m",
                "perplexity_texts": args.perplexity_texts, "perplexity_note": evaluator.ppl_note,
                "load_avg_before": load_before, "load_avg_after": [round(x, 2) for x in os.getloadavg()],

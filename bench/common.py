@@ -134,6 +134,27 @@ def run_release(kind: str, train: pd.DataFrame, spec: ReleaseSpec, *, rows: int,
 # The metrics live in safesynth.audit.utility (the release audit uses the same code); re-exported here.
 
 
+def mean_std(values: Any) -> dict[str, Any]:
+    """Mean and sample std (ddof 1) of the finite values; ``std`` is None for fewer than two."""
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return {"mean": float(arr.mean()) if len(arr) else None,
+            "std": float(arr.std(ddof=1)) if len(arr) > 1 else None, "n": int(len(arr))}
+
+
+def mean_std_text(stat: dict[str, Any] | None) -> str:
+    """``mean ± std`` with both rounded to the std's second significant digit; the mean alone for one run."""
+    if not stat or stat.get("mean") is None:
+        return ""
+    mean, std = stat["mean"], stat.get("std")
+    if std is None:
+        return f"{mean:.4g}"
+    if std == 0 or not np.isfinite(std):
+        return f"{mean:.4g} ± {std:g}"
+    decimals = min(8, max(0, 1 - int(np.floor(np.log10(std)))))
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

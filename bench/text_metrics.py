@@ -44,7 +44,7 @@ def text_tstr(train_texts: Sequence[str], train_labels: Sequence[bool], test_tex
 
     TF-IDF of word 1- and 2-grams (sublinear tf, at most 50,000 features) and an L2 logistic regression
     (C=1, balanced class weights, so that accuracy is not the majority share by default). None when the
-    training labels have one class or the texts have no words.
+    training labels have one class or the texts have no words; ROC AUC None when the test labels have one.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -62,8 +62,8 @@ def text_tstr(train_texts: Sequence[str], train_labels: Sequence[bool], test_tex
     model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(features, y)
     test = vectoriser.transform(test_texts)
     truth = np.asarray(test_labels, dtype=bool)
-    return {"accuracy": float(accuracy_score(truth, model.predict(test))),
-            "roc_auc": float(roc_auc_score(truth, model.predict_proba(test)[:, 1]))}
+    auc = float(roc_auc_score(truth, model.predict_proba(test)[:, 1])) if 0 < truth.sum() < len(truth) else None
+    return {"accuracy": float(accuracy_score(truth, model.predict(test))), "roc_auc": auc}
 
 
 # ------------------------------------------------------------------------------------------ form
