@@ -38,8 +38,8 @@ lock:
 demo: $(STAMP)  ## install, then run a real DP release of the bundled demo data through the Prefect flow
 	$(BIN)/safesynth release data/demo.yaml
 
-test: $(STAMP)  ## the whole suite, slow tests included (what CI runs)
-	$(BIN)/python -m pytest
+test: $(STAMP)  ## the whole suite, slow tests included (what CI runs); lists its 25 slowest tests
+	$(BIN)/python -m pytest --durations=25
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
