@@ -72,8 +72,7 @@ class _Frozen(BaseModel):
 
 class _Column(_Frozen):
     nullable: bool = Field(False, description="Whether missing values are allowed (and generated).")
-    description: str = Field("", description="Free text for people (public); the in-context generator's "
-                             "prompts name the text and label columns with it.")
+    description: str = Field("", description="Free text for people; not used by the pipeline.")
 
 
 class IntegerColumn(_Column):

@@ -203,8 +203,7 @@ class InContextBackend:
             raise InternalError("the in-context text column is not a text column")
         config = WorkerConfig(model=gen.model, base_dir=str(spec.base_dir), device=gen.device, top_k=gen.top_k,
                               temperature=gen.temperature, max_new_tokens=gen.max_new_tokens, column=columns.text,
-                              max_chars=text_col.max_length, labels=prompt_labels(spec, columns),
-                              about=columns.text_about)
+                              max_chars=text_col.max_length, labels=prompt_labels(spec, columns))
         # Everything that can fail without spending (the workers, the model) comes before the first release.
         with open_workers(spec, config, distributed=gen.distributed, texts=spec.sampling.rows) as workers:
             train = repair_records(train, spec).frame
@@ -275,7 +274,7 @@ class InContextBackend:
             else:
                 members.append(np.flatnonzero((series == value).fillna(False).to_numpy(dtype=bool)))
             values.append(value)
-            labels.append(prompt_label(columns.condition, value, columns.condition_about))
+            labels.append(prompt_label(columns.condition, value))
         return _Groups(members=tuple(members), values=tuple(values), prompts_label=tuple(labels))
 
     @staticmethod

@@ -1,11 +1,8 @@
 """Which columns the in-context generator makes, and the prompts it shows the model (no torch).
 
 A prompt is a public instruction, then one line per private example (``<column>: <text>``), then
-``<column>:`` and the text generated so far. The instruction names the text and the label by the
-descriptions the spec gives those columns, where it gives them (public text: a pretrained model knows
-what "the reviewer recommends the product" means, not what ``recommended_ind`` does), else by column
-name. The public prompt, whose top-k tokens are the candidate set, is the same prompt with no example: a
-prompt whose subsample is empty *is* the public prompt.
+``<column>:`` and the text generated so far. The public prompt, whose top-k tokens are the candidate set,
+is the same prompt with no example: a prompt whose subsample is empty *is* the public prompt.
 
 Privacy:
     Nothing here reads private data except :func:`prompt_ids`, which formats the examples of one prompt;
@@ -27,16 +24,11 @@ __all__ = ["InContextColumns", "example_line", "prompt_ids", "prompt_label", "pr
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InContextColumns:
-    """The generated text column, the conditioning column (or None) and every other column.
-
-    ``text_about`` and ``condition_about`` are those columns' spec descriptions ("" where none is given).
-    """
+    """The generated text column, the conditioning column (or None) and every other column."""
 
     text: str
     condition: str | None
     others: tuple[str, ...]
-    text_about: str = ""
-    condition_about: str = ""
 
 
 def resolve_columns(spec: ReleaseSpec) -> InContextColumns:
@@ -63,16 +55,13 @@ def resolve_columns(spec: ReleaseSpec) -> InContextColumns:
         if not isinstance(col, CategoricalColumn | BooleanColumn):
             raise SpecError(f"`generator.condition_on` ({condition!r}) must name a categorical or boolean column")
     others = tuple(name for name in spec.columns if name not in (text, condition))
-    return InContextColumns(text=text, condition=condition, others=others,
-                            text_about=spec.columns[text].description.strip(),
-                            condition_about=spec.columns[condition].description.strip() if condition else "")
+    return InContextColumns(text=text, condition=condition, others=others)
 
 
-def prompt_label(column: str, value: object, about: str = "") -> str:
-    """How a prompt names its label group: ``<column> is <value>``, or ``"<about>" is <value>`` where the
-    column has a description (``missing`` for null, booleans lower case)."""
+def prompt_label(column: str, value: object) -> str:
+    """How a prompt names its label group: ``<column> is <value>`` (``missing`` for null, booleans lower case)."""
     shown = "missing" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    return f'"{about}" is {shown}' if about else f"{column} is {shown}"
+    return f"{column} is {shown}"
 
 
 def prompt_labels(spec: ReleaseSpec, columns: InContextColumns) -> tuple[str | None, ...]:
@@ -84,7 +73,7 @@ def prompt_labels(spec: ReleaseSpec, columns: InContextColumns) -> tuple[str | N
         col.categories or ()) if isinstance(col, CategoricalColumn) else []
     if col.nullable:
         values.append(None)
-    return tuple(prompt_label(columns.condition, v, columns.condition_about) for v in values)
+    return tuple(prompt_label(columns.condition, v) for v in values)
 
 
 def example_line(text: str, *, column: str, max_length: int) -> str:
@@ -92,18 +81,14 @@ def example_line(text: str, *, column: str, max_length: int) -> str:
     return f"{column}: {' '.join(str(text).split())[:max_length]}\n"
 
 
-def prompt_text(examples: Sequence[str], *, column: str, label: str | None, about: str = "") -> str:
-    """The prompt with ``examples`` (already :func:`example_line`\\ s); no example: the public prompt.
-
-    ``about`` is the text column's description ("" for none).
-    """
-    what = f"{about} (`{column}`)" if about else f"`{column}` texts"
-    where = "" if label is None else f" of records whose {label}"
-    return f"Examples of {what}{where}, one per line.\n\n" + "".join(examples) + f"{column}:"
+def prompt_text(examples: Sequence[str], *, column: str, label: str | None) -> str:
+    """The prompt with ``examples`` (already :func:`example_line`\\ s); no example: the public prompt."""
+    about = f"`{column}` texts" if label is None else f"`{column}` texts of records whose {label}"
+    return f"Examples of {about}, one per line.\n\n" + "".join(examples) + f"{column}:"
 
 
 def prompt_ids(examples: Sequence[str], *, column: str, label: str | None, max_tokens: int,
-               encode: Callable[[str], list[int]], about: str = "") -> list[int]:
+               encode: Callable[[str], list[int]]) -> list[int]:
     """Token ids of the prompt with as many leading ``examples`` as fit in ``max_tokens``.
 
     Whole examples are dropped from the end until the prompt fits (the public prompt always does: it is
@@ -111,7 +96,7 @@ def prompt_ids(examples: Sequence[str], *, column: str, label: str | None, max_t
     """
     keep = len(examples)
     while True:
-        ids = encode(prompt_text(examples[:keep], column=column, label=label, about=about))
+        ids = encode(prompt_text(examples[:keep], column=column, label=label))
         if len(ids) <= max_tokens or keep == 0:
             return ids
         keep -= 1

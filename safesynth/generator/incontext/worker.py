@@ -58,7 +58,6 @@ class WorkerConfig:
     column: str
     max_chars: int
     labels: tuple[str | None, ...]  # every label a prompt can name (public: from the declared domain)
-    about: str = ""  # the text column's spec description (public)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,7 +98,7 @@ class TextWorker:
 
     def _prompt(self, examples: Sequence[str], label: str | None) -> list[int]:
         return prompt_ids(examples, column=self.config.column, label=label, max_tokens=self.max_prompt,
-                          encode=self.decoder.encode, about=self.config.about)
+                          encode=self.decoder.encode)
 
     def _answer(self) -> Step:
         if self.state.done:

@@ -244,23 +244,3 @@ def test_an_explicit_noise_multiplier_that_buys_no_text_is_refused_before_any_bu
     model, account, _ = fit(spec(hi), review_frame(30), tmp_path)
     assert model.rows_available >= 1  # at whatever rate the noisy count gave (<= 0.5)
     assert {s.stage: s for s in account.spends}["generator.incontext"].detail["sample_rate"] <= 0.5
-
-
-def test_prompts_name_the_text_and_its_label_by_the_specs_descriptions(tmp_path, tiny_model):
-    """Public spec text, so a pretrained model can read what a label means; column names where none is given."""
-    from safesynth.generator.incontext.prompt import prompt_labels, prompt_text
-
-    described = {**REVIEWS, "review": {**REVIEWS["review"], "description": "product reviews"},
-                 "sentiment": {**REVIEWS["sentiment"], "description": "the buyer liked it"}}
-    spec = incontext_spec(tmp_path, tiny_model, described, condition_on="sentiment")
-    columns = resolve_columns(spec)
-    assert (columns.text_about, columns.condition_about) == ("product reviews", "the buyer liked it")
-    labels = prompt_labels(spec, columns)
-    assert all(label is not None and label.startswith('"the buyer liked it" is ') for label in labels)
-    text = prompt_text([], column="review", label=labels[0], about=columns.text_about)
-    assert text.startswith(f"Examples of product reviews (`review`) of records whose {labels[0]}, one per line.")
-    assert text.endswith("\n\nreview:")
-    plain = resolve_columns(incontext_spec(tmp_path, tiny_model, condition_on="sentiment"))
-    assert prompt_labels(incontext_spec(tmp_path, tiny_model, condition_on="sentiment"), plain)[0].startswith(
-        "sentiment is ")
-    assert prompt_text([], column="review", label=None).startswith("Examples of `review` texts, one per line.")
