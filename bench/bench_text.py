@@ -87,25 +87,16 @@ LABELS = {"recommended": lambda f: f["recommended_ind"].astype(bool) if "recomme
           "rating4": lambda f: f["rating"].astype(float) >= 4 if "rating" in f else None}
 
 
-#: Column descriptions (public spec text, from the dataset's documentation); the in-context generator's
-#: prompts name the text and its label with them. ``--plain-prompts`` leaves them out (column names only).
-DESCRIPTIONS = {TEXT: "customer reviews of women's clothing bought online",
-                "recommended_ind": "the reviewer recommends the product", "rating": "the reviewer's rating, 1 to 5"}
-
-
-def columns(max_length: int, *, descriptions: bool = True) -> dict[str, Any]:
-    out = {**REVIEWS_COLUMNS, TEXT: {**REVIEWS_COLUMNS[TEXT], "max_length": max_length}}
-    return {name: {**col, "description": DESCRIPTIONS[name]} if descriptions and name in DESCRIPTIONS else col
-            for name, col in out.items()}
+def columns(max_length: int) -> dict[str, Any]:
+    return {**REVIEWS_COLUMNS, TEXT: {**REVIEWS_COLUMNS[TEXT], "max_length": max_length}}
 
 
 def generator_config(name: str, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {**GENERATORS[name], **overrides.get(name, {})}
 
 
-def spec_for(config: dict[str, Any], *, epsilon: float, rows: int, max_length: int,
-             descriptions: bool = True) -> Any:
-    return make_spec(columns(max_length, descriptions=descriptions), source=str(PATH), epsilon=epsilon, delta=DELTA, generator=config,
+def spec_for(config: dict[str, Any], *, epsilon: float, rows: int, max_length: int) -> Any:
+    return make_spec(columns(max_length), source=str(PATH), epsilon=epsilon, delta=DELTA, generator=config,
                      rows=rows, base_dir=Path.cwd())
 
 
@@ -148,8 +139,7 @@ def fit_and_sample(config: dict[str, Any], *, epsilon: float, rows: int, args: a
     from safesynth.errors import SafeSynthError
 
     train, _ = load_split(train_rows=args.train_rows, test_rows=args.test_rows, max_length=args.max_length)
-    spec = spec_for(config, epsilon=epsilon, rows=rows, max_length=args.max_length,
-                    descriptions=not args.plain_prompts)
+    spec = spec_for(config, epsilon=epsilon, rows=rows, max_length=args.max_length)
     batch = SAMPLE_BATCH.get(args.generators[0])
     if batch is not None:
         spec = spec.model_copy(update={"sampling": spec.sampling.model_copy(update={"batch_size": batch})})
@@ -186,8 +176,7 @@ def run_child(name: str, epsilon: float, args: argparse.Namespace, out: Path) ->
     cmd = [sys.executable, __file__, "--one", "--generators", name, "--eps", str(epsilon), "--rows",
            str(rows_for(name, args.rows)),
            "--train-rows", str(args.train_rows), "--test-rows", str(args.test_rows), "--max-length",
-           str(args.max_length), "--out", str(out), *sum((["--set", s] for s in args.set), []),
-           *(["--plain-prompts"] if args.plain_prompts else [])]
+           str(args.max_length), "--out", str(out), *sum((["--set", s] for s in args.set), [])]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if not lines:
@@ -324,8 +313,6 @@ def main() -> None:
     parser.add_argument("--perplexity-texts", type=int, default=100, help="texts scored by smollm2-135m (0: skip)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per generator and epsilon (a summary "
                         "gives mean ± std; the data split is fixed, each fit's randomness is its own)")
-    parser.add_argument("--plain-prompts", action="store_true", help="leave the column descriptions out of "
-                        "the spec (in-context prompts then name columns only)")
     parser.add_argument("--name", default="text", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
