@@ -109,9 +109,23 @@ def remove_tree(uri: str) -> None:
         except FileNotFoundError:
             pass
         return
+    import secrets
     import shutil
 
-    shutil.rmtree(local_path(uri), ignore_errors=True)
+    # Rename first, then remove: a shard still running after its run failed may be writing into the
+    # directory, and rmtree on the live directory loses that race (its last rmdir finds the new part and,
+    # ignoring errors, leaves the directory behind; seen in CI). After the rename no new entry can appear in
+    # it, since writers resolve ``<dir>/<part>`` by name and never create directories (write_bytes).
+    path = local_path(uri)
+    doomed = path.with_name(f".{path.name}.removed-{secrets.token_hex(4)}")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    if doomed.is_dir():
+        shutil.rmtree(doomed, ignore_errors=True)
+    else:
+        doomed.unlink(missing_ok=True)
 
 
 def verify_parts(parts: Sequence[Part], expected: dict[int, int]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import tempfile
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -151,3 +153,23 @@ def test_a_shard_write_never_recreates_a_removed_parts_directory(tmp_path):
     gone.parent.mkdir(parents=True)
     write_bytes(str(gone), b"rows")
     assert gone.read_bytes() == b"rows" and [p.name for p in gone.parent.iterdir()] == [gone.name]
+
+
+def test_removing_the_parts_directory_leaves_nothing_even_while_a_shard_writes(tmp_path):
+    """remove_tree renames the directory before removing it, so a write racing with it fails instead of
+    keeping the directory alive (rmtree on the live directory left it behind in CI); missing is fine."""
+    from safesynth.sampling.parts import remove_tree
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    write_bytes(str(parts / "part-00000.parquet"), b"rows")
+    fd, _ = tempfile.mkstemp(dir=parts)  # a shard's temporary file, open while the run is removed
+    remove_tree(str(parts))
+    with pytest.raises(FileNotFoundError):  # the shard's rename into place, after the removal
+        write_bytes(str(parts / "part-00001.parquet"), b"late")
+    os.close(fd)
+    assert list(tmp_path.iterdir()) == []
+    remove_tree(str(parts))  # already gone
+    (tmp_path / "file").write_bytes(b"x")
+    remove_tree(str(tmp_path / "file"))
+    assert list(tmp_path.iterdir()) == []
