@@ -19,9 +19,10 @@ Publishing a release id that already has a manifest is refused; publishing an id
 a no-op (idempotent re-runs of a scheduled job).
 
 The ``LATEST`` pointer is one small object written after the manifest: atomically replaced on a local
-filesystem (``os.replace``), one whole-object PUT on an object store. A publisher that dies before it leaves
-the pointer at the previous release (whose files are untouched); re-publishing the release moves it. It never
-moves back to a release created before the one it names.
+filesystem (``os.replace`` under a ``flock``), a conditional whole-object PUT on S3 (``If-Match``), a plain
+PUT on other object stores. A publisher that dies before it leaves the pointer at the previous release (whose
+files are untouched); re-publishing the release moves it. It never moves back to a release created before the
+one it names, also when publishers race (local and S3; elsewhere the race can leave the older one).
 """
 
 from __future__ import annotations
@@ -122,44 +123,116 @@ def read_latest(target: str, dataset: str, storage_options: dict[str, Any] | Non
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         if not fs.exists(path):
             return None
-        pointer = json.loads(fs.cat_file(path))
-    except (OSError, ValueError) as exc:
+        raw = fs.cat_file(path)
+    except OSError as exc:
+        raise PublishError(f"cannot read {url}: {exc.__class__.__name__}") from exc
+    return _parse_pointer(raw, url)
+
+
+def _stays(current: dict[str, Any] | None, release_id: str, created: Any) -> bool:
+    """True if ``current`` already names this release or one created later: the pointer must not move."""
+    if current is None:
+        return False
+    if current.get("release_id") == release_id:
+        return True
+    return created is not None and str(current.get("created_at") or "") > str(created)
+
+
+def _parse_pointer(raw: bytes, url: str) -> dict[str, Any]:
+    try:
+        pointer = json.loads(raw)
+    except ValueError as exc:
         raise PublishError(f"cannot read {url}: {exc.__class__.__name__}") from exc
     if not isinstance(pointer, dict) or not isinstance(pointer.get("release_id"), str):
         raise PublishError(f"cannot read {url}: not a safesynth LATEST pointer")
     return pointer
 
 
+def _precondition_failed(exc: Exception) -> bool:
+    """A conditional S3 PUT lost (HTTP 412, or 409 on a concurrent conditional write); s3fs may translate it."""
+    text = str(exc)
+    return (isinstance(exc, FileExistsError) or "PreconditionFailed" in text or "412" in text
+            or "ConditionalRequestConflict" in text or "pre-conditions you specified did not hold" in text)
+
+
+#: Conditional-PUT retries on S3 when another publisher moved the pointer between our read and our write.
+_LATEST_RETRIES = 20
+
+
 def _move_latest(target: str, dataset: str, release_id: str, manifest: dict[str, Any],
                  storage_options: dict[str, Any]) -> None:
-    """Point ``LATEST`` at this release, unless it already names one created later. Call after the manifest."""
+    """Point ``LATEST`` at this release, unless it already names one created later. Call after the manifest.
+
+    Read, compare and write are one step against concurrent publishers: under an exclusive ``flock`` on a
+    local filesystem, as a conditional PUT (``If-Match`` the ETag read, or ``If-None-Match: *``) retried on
+    S3. Other object stores have no conditional write here: two publishers racing there may leave the
+    pointer at the older of their releases (the releases themselves are intact).
+    """
     created = manifest.get("created_at")
-    current = read_latest(target, dataset, storage_options)
-    if current is not None:
-        if current["release_id"] == release_id:
-            return
-        if created is not None and str(current.get("created_at") or "") > str(created):
-            return  # a newer release won meanwhile: never move the pointer back
     body = _dumps({"release_id": release_id, "manifest": f"{release_id}/{MANIFEST}", "created_at": created})
     url = _join(target, dataset, LATEST)
     try:
         if _is_local(target):
-            parent = _local_path(target) / dataset
-            tmp = parent / f".{LATEST}.tmp-{uuid.uuid4().hex[:8]}"
-            try:
-                tmp.write_bytes(body)
-                with tmp.open("rb") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp, parent / LATEST)  # atomic: readers see the old pointer or the new one
-            finally:
-                tmp.unlink(missing_ok=True)
-        else:
-            fs, path = fsspec.core.url_to_fs(url, **storage_options)
-            fs.pipe_file(path, body)  # one whole-object PUT
-            fs.invalidate_cache(path)
+            _move_latest_local(_local_path(target) / dataset, url, release_id, created, body)
+            return
+        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        if protocol in ("s3", "s3a"):
+            _move_latest_s3(fs, path, url, release_id, created, body)
+            return
+        if _stays(read_latest(target, dataset, storage_options), release_id, created):
+            return
+        fs.pipe_file(path, body)  # one whole-object PUT
+        fs.invalidate_cache(path)
+    except PublishError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the release itself is published; the pointer is a convenience
         raise PublishError(f"release `{release_id}` is published, but {url} could not be moved "
                            f"({exc.__class__.__name__}); publish it again to move the pointer") from exc
+
+
+def _move_latest_local(parent: Path, url: str, release_id: str, created: Any, body: bytes) -> None:
+    import fcntl
+
+    with (parent / f".{LATEST}.lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        pointer = parent / LATEST
+        current = _parse_pointer(pointer.read_bytes(), url) if pointer.exists() else None
+        if _stays(current, release_id, created):
+            return
+        tmp = parent / f".{LATEST}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.write_bytes(body)
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, pointer)  # atomic: readers see the old pointer or the new one
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _move_latest_s3(fs: Any, path: str, url: str, release_id: str, created: Any, body: bytes) -> None:
+    bucket, key = path.split("/", 1)
+    for _ in range(_LATEST_RETRIES):
+        try:
+            etag: str | None = fs.call_s3("head_object", Bucket=bucket, Key=key)["ETag"]
+        except FileNotFoundError:
+            etag = None
+        # The body may be newer than the ETag; then the conditional PUT below fails and we read again.
+        current = None if etag is None else _parse_pointer(fs.cat_file(path), url)
+        if _stays(current, release_id, created):
+            return
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, **condition)
+        except Exception as exc:  # noqa: BLE001
+            if _precondition_failed(exc):
+                continue  # another publisher moved it meanwhile: compare again
+            raise
+        finally:
+            fs.invalidate_cache(path)
+        return
+    raise PublishError(f"release `{release_id}` is published, but {url} kept changing under "
+                       f"{_LATEST_RETRIES} attempts to move it; publish it again to move the pointer")
 
 
 def list_published(target: str, dataset: str, storage_options: dict[str, Any] | None = None) -> list[ReleaseInfo]:
@@ -331,7 +404,7 @@ def _put_manifest(fs: Any, path: str, body: bytes) -> None:
         try:
             fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
         except Exception as exc:  # noqa: BLE001
-            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+            if _precondition_failed(exc):
                 raise PublishError(f"another publisher won the race for {path}; this release was not published") from exc
             raise
         fs.invalidate_cache(path)

@@ -21,7 +21,7 @@ import pytest
 
 from safesynth.publishers import PublishTarget, create_publisher
 from tests.s3 import delta_options, fsspec_options, iceberg_options
-from tests.unit.test_publishers import make_part, manifest
+from tests.unit.test_publishers import make_part, manifest, race_for_latest
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +75,11 @@ def test_two_releases_on_s3_are_both_readable_and_latest_moves(fmt, s3_endpoint,
     assert read_release(target, "r1") == [1, 2] and read_release(target, "r2") == [3]
     again = publisher.publish(make_part(tmp_path, "c", [3]), manifest("r2", day=2), dataset="ds", release_id="r2")
     assert again.already_published
+
+
+def test_files_latest_on_s3_never_moves_back_when_publishers_race(s3_endpoint, tmp_path, monkeypatch):
+    publisher = create_publisher(s3_target("files", s3_endpoint, tmp_path))  # a conditional PUT (If-Match)
+    assert race_for_latest(publisher, tmp_path, monkeypatch) == "r2"
 
 
 def spawn(tmp_path: Path, target: PublishTarget, parts: list[Path], release_id: str, manifest_: dict,

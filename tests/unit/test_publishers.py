@@ -207,3 +207,38 @@ def test_preflight_checks_the_publisher_of_the_spec(tmp_path):
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(data))
     check_target(load_spec(tmp_path / "spec.yaml"))
     assert not (tmp_path / "table").exists()  # checking writes nothing
+
+
+def race_for_latest(publisher, tmp_path, monkeypatch) -> str:
+    """An older release's publisher reads ``LATEST``, then stalls while a newer release publishes.
+
+    Without one read-compare-write step the stalled publisher writes last and takes the pointer back to
+    the older release; with it, the pointer ends at the newer one. Returns where the pointer ends.
+    """
+    import threading
+    import time
+
+    from safesynth import publish
+
+    real, reading = publish._stays, threading.Event()
+
+    def stalling(current, release_id, created):
+        if release_id == "r1":
+            reading.set()
+            time.sleep(1.5)  # the newer release publishes meanwhile (or waits for this step to finish)
+        return real(current, release_id, created)
+
+    monkeypatch.setattr(publish, "_stays", stalling)
+    older = threading.Thread(target=publisher.publish, args=(make_part(tmp_path, "a", [1]), manifest("r1", day=1)),
+                             kwargs={"dataset": "ds", "release_id": "r1"})
+    older.start()
+    assert reading.wait(30)
+    publisher.publish(make_part(tmp_path, "b", [2]), manifest("r2", day=2), dataset="ds", release_id="r2")
+    older.join(60)
+    return publisher.latest("ds").release_id
+
+
+def test_files_latest_never_moves_back_when_publishers_race(tmp_path, monkeypatch):
+    publisher = create_publisher(target_for("files", tmp_path))
+    assert race_for_latest(publisher, tmp_path, monkeypatch) == "r2"
+    assert [r.release_id for r in publisher.releases("ds")] == ["r1", "r2"]
