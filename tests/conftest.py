@@ -132,3 +132,46 @@ def shared_dask(_release_cluster):
             os.environ.pop("SAFESYNTH_DASK_SCHEDULER", None)
         else:
             os.environ["SAFESYNTH_DASK_SCHEDULER"] = before
+
+
+# ------------------------------------------------------------------ mypy, started early in the background
+
+MYPY_TEST = "tests/unit/test_typing.py::test_core_passes_mypy_strict"
+_MYPY: dict[str, object] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When the whole suite runs, start mypy now at a low priority; its test collects the result.
+
+    A cold mypy --strict run takes ~2 min of one core; spent in the gaps the suite leaves (servers starting,
+    subprocesses waiting) it no longer adds ~2 min to the suite's wall time. A lone run of the test (or
+    any selection of fewer than 50 tests) runs mypy in the test itself.
+    """
+    if len(session.items) < 50 or not any(item.nodeid == MYPY_TEST for item in session.items):
+        return
+    import subprocess
+    import sys
+
+    _MYPY["proc"] = subprocess.Popen([sys.executable, "-m", "mypy", "safesynth"], cwd=REPO, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     preexec_fn=lambda: os.nice(10))
+
+
+def background_mypy() -> tuple[str, int] | None:
+    """The early mypy run's (output, exit status), waiting for it; None when none was started."""
+    import subprocess
+
+    proc = _MYPY.pop("proc", None)
+    if not isinstance(proc, subprocess.Popen):
+        return None
+    output, _ = proc.communicate()
+    return output, proc.returncode
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    import subprocess
+
+    proc = _MYPY.pop("proc", None)
+    if isinstance(proc, subprocess.Popen) and proc.poll() is None:  # its test was not reached
+        proc.kill()
+        proc.wait()
