@@ -135,11 +135,21 @@ def test_workers_of_a_prewarmed_release_fork_from_the_server_started_during_the_
 
     spec, _ = fitted
     assert prewarm_workers(spec)
-    servers = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+    servers = [p for p in psutil.Process().children() if "forkserver" in " ".join(_cmdline(p))]
     assert len(servers) == 1  # started now, or by an earlier cluster of this process: never a second one
     with open_client(plan_cluster(spec, shards=2), announce=False) as client:
         parents = set(client.run(_worker_view_parent).values())
     assert parents == {servers[0].pid}
+
+
+def _cmdline(proc) -> list[str]:
+    """A child's command line; empty for one that exited meanwhile (a zombie has none to read)."""
+    import psutil
+
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
 
 
 def _worker_view_parent() -> int:
