@@ -106,7 +106,8 @@ def run_table(dataset: str, kind: str, epsilon: float, overrides: dict[str, Any]
     if TRAIN_ROWS:
         real_train = real_train.iloc[: TRAIN_ROWS[0]]
     spec = make_spec(columns, source=str(path), epsilon=epsilon, delta=DELTA,
-                     generator=_generator(kind, overrides), rows=len(real_train), base_dir=Path.cwd(), seed=seed)
+                     generator=_generator(kind, overrides), rows=len(real_train), base_dir=Path.cwd(), seed=seed,
+                     target=target)
     result = run_release(kind, real_train, spec, rows=len(real_train), seed=seed)
     synthetic, fitted = result.pop("synthetic"), result.pop("fitted")
     utility = tstr(synthetic, holdout, target=target, positive=positive)

@@ -81,12 +81,14 @@ REVIEWS_COLUMNS: dict[str, Any] = {
 
 
 def make_spec(columns: dict[str, Any], *, source: str, epsilon: float, delta: float, generator: dict[str, Any],
-              rows: int, base_dir: Path, seed: int = 0) -> ReleaseSpec:
+              rows: int, base_dir: Path, seed: int = 0, target: str | None = None) -> ReleaseSpec:
+    """A bench spec; ``target`` is declared as ``audit.target_column`` (the label, as a release for a
+    classifier declares it: the llm's warm start then measures its pairs first)."""
     return parse_spec({
         "dataset": "bench", "source": source, "columns": columns,
         "privacy": {"epsilon": epsilon, "delta": delta, "lifetime_epsilon": 100.0},
         "generator": generator, "sampling": {"rows": rows, "seed": seed, "batch_size": 512},
-        "publish": {"target": "releases"},
+        "publish": {"target": "releases"}, **({"audit": {"target_column": target}} if target else {}),
     }, base_dir=base_dir)
 
 

@@ -317,6 +317,12 @@ class LLMGeneratorSpec(_Frozen):
         6.0, gt=0.0, le=100.0, description="Passes over the warm start's sampled rows (as many as the noisy row "
         "count, at least 1,000 and at most 200,000)."
     )
+    warm_start_label_pairs: bool = Field(
+        True, description="With warm_start mst and a label (`condition_on`, else `audit.target_column`): measure "
+        "the label's two-way marginal with every other column first (MST's `anchor`, half of its multi-way "
+        "budget), so the pretraining rows and the calibration keep how each column relates to the label. "
+        "Same budget; no effect without a label."
+    )
     calibrate: bool | None = Field(
         None, description="Pull sampled rows towards the warm start's DP marginals (needs warm_start: mst): "
         "sample `calibrate_oversample` times the rows, weight them by raking to the MST model's one-way and "
@@ -423,6 +429,16 @@ class _MBIGeneratorSpec(_Frozen):
     measure_split: float = Field(
         0.9, gt=0.0, le=1.0, description="Share of the rest spent on measuring the selected marginals; the "
         "complement pays for selecting them (OpenDP `measure_split`)."
+    )
+    anchor: str | None = Field(
+        None, description="A column (typically the label a downstream model predicts) whose two-way marginal with "
+        "every other column is measured first, with `anchor_share` of the multi-way budget (OpenDP "
+        "Sequential([Fixed(anchor pairs), algorithm])); the algorithm spends the rest. Keeps every column's "
+        "relation to the label that a spanning tree or AIM's selection might drop."
+    )
+    anchor_share: float = Field(
+        0.5, gt=0.0, lt=1.0, description="Share of the multi-way budget (after the one-way marginals) the anchor's "
+        "two-way marginals spend when `anchor` is set."
     )
 
 
@@ -748,6 +764,8 @@ class ReleaseSpec(_Frozen):
             raise ValueError("`audit.canaries` needs every column's domain declared (canaries are drawn from them)")
         if isinstance(self.generator, AIMGeneratorSpec | MSTGeneratorSpec):
             kind = self.generator.kind
+            if self.generator.anchor is not None and self.generator.anchor not in self.columns:
+                raise ValueError(f"`generator.anchor` ({self.generator.anchor!r}) must be one of the declared columns")
             text = [name for name, col in self.columns.items() if isinstance(col, TextColumn)]
             if text:
                 raise ValueError(f"`generator.kind` ({kind}) cannot model text columns ({text}): drop them from "

@@ -120,21 +120,48 @@ def _sum_up(values: list[float]) -> float:
     return total
 
 
+def _sequential_mids(total: float, weights: tuple[float, ...]) -> list[float]:
+    """The budgets OpenDP's ``Sequential`` gives its algorithms out of ``total``: ``weights`` times the largest
+    scale whose adaptive composition (a sum rounded up) fits ``total``, found by OpenDP's own binary search."""
+    dp = _opendp()
+    w = np.array(weights, dtype=np.float64)
+    domain = dp.vector_domain(dp.atom_domain(T=dp.u32))
+    scale = dp.binary_search_param(
+        lambda s: dp.c.make_adaptive_composition(domain, dp.symmetric_distance(), dp.zero_concentrated_divergence(),
+                                                 d_in=1, d_mids=list(w * s)),
+        d_in=1, d_out=total, T=float)
+    return [float(x) for x in w * scale]
+
+
+def _mst_composes(rho: float, *, gen: MSTGeneratorSpec, columns: int) -> bool:
+    """Whether every composition OpenDP 0.16 builds on the way to MST's selections fits its budget."""
+    oneway = 0.5 if gen.oneway_split is None else gen.oneway_split
+    d_oneway = rho * oneway
+    multiway = _prior(_prior(rho - d_oneway))
+    if _sum_up([d_oneway, multiway]) > rho:
+        return False
+    budget = multiway
+    if gen.anchor is not None:  # Sequential([Fixed(anchor pairs), MST]): MST gets the second share
+        budget = _sequential_mids(multiway, (gen.anchor_share, 1.0 - gen.anchor_share))[1]
+    d_measure = budget * gen.measure_split
+    select = _prior(_prior(budget - d_measure))
+    if _sum_up([select, d_measure]) > budget:
+        return False
+    n = min(max(0, gen.num_selections or columns - 1), columns - 1)
+    return n == 0 or _sum_up([_prior(select / n)] * n) <= select
+
+
 def mst_rho(rho: float, *, gen: MSTGeneratorSpec, columns: int) -> float:
     """The largest ``rho' <= rho`` for which OpenDP 0.16's MST composes within its own budget.
 
     MST splits its selection budget ``d`` into ``n`` shares ``prior(d / n)`` whose sum, rounded up as OpenDP
     composes, can exceed ``d`` by one ulp for some ``rho`` (about 1 in 8); the measurement then fails after
-    spending the one-way marginals. The arithmetic is public (``rho``, the split, the number of columns), so
-    it is replayed here, the way ``opendp.extras.mbi`` computes it, and ``rho`` lowered ulp by ulp until it
-    fits. Lowering rho only lowers the spend.
+    spending the one-way marginals. The arithmetic is public (``rho``, the splits, the number of columns), so
+    it is replayed here, the way ``opendp.extras.mbi`` computes it (with an ``anchor``: ``Sequential``'s
+    split first), and ``rho`` lowered ulp by ulp until it fits. Lowering rho only lowers the spend.
     """
-    oneway = 0.5 if gen.oneway_split is None else gen.oneway_split
-    n = min(max(0, gen.num_selections or columns - 1), columns - 1)
     for _ in range(1_000):
-        multiway = _prior(_prior(rho - rho * oneway))
-        select = _prior(_prior(multiway - multiway * gen.measure_split))
-        if n == 0 or _sum_up([_prior(select / n)] * n) <= select:
+        if _mst_composes(rho, gen=gen, columns=columns):
             return rho
         rho = _prior(rho)
     raise InternalError(f"no rho below {rho} composes within MST's budget")
@@ -163,13 +190,25 @@ def _index(train: pd.DataFrame, spec: ReleaseSpec, bins: int) -> Any:
     return pl.DataFrame(data)
 
 
-def _algorithm(gen: MBISpec) -> Any:
+def _algorithm(gen: MBISpec, names: dict[str, str]) -> Any:
+    """OpenDP's algorithm for ``gen``; with an ``anchor``, ``Sequential([Fixed(anchor pairs), algorithm])``.
+
+    ``names`` maps spec column names to the indexed frame's (c0, c1, ...).
+    """
     dp = _opendp()
     if isinstance(gen, AIMGeneratorSpec):
-        return dp.mbi.AIM(queries=gen.queries, max_size=gen.max_size, rounds=gen.rounds,
-                          measure_split=gen.measure_split, oneway_split=gen.oneway_split)
-    return dp.mbi.MST(num_selections=gen.num_selections, measure_split=gen.measure_split,
-                      oneway_split=gen.oneway_split)
+        algorithm = dp.mbi.AIM(queries=gen.queries, max_size=gen.max_size, rounds=gen.rounds,
+                               measure_split=gen.measure_split, oneway_split=gen.oneway_split)
+    else:
+        algorithm = dp.mbi.MST(num_selections=gen.num_selections, measure_split=gen.measure_split,
+                               oneway_split=gen.oneway_split)
+    if gen.anchor is None:
+        return algorithm
+    anchor = names[gen.anchor]
+    pairs = [dp.mbi.Count(by=(anchor, other)) for other in names.values() if other != anchor]
+    # The top level reads oneway/oneway_split from the outer algorithm: the same one-way split as without.
+    return dp.mbi.Sequential(algorithms=[dp.mbi.Fixed(queries=pairs), algorithm],
+                             weights=[gen.anchor_share, 1.0 - gen.anchor_share], oneway_split=gen.oneway_split)
 
 
 def make_measurement(spec: ReleaseSpec, *, rho: float) -> Any:
@@ -191,7 +230,7 @@ def make_measurement(spec: ReleaseSpec, *, rho: float) -> Any:
     keys = {n: list(range(_cells(col, gen.bins))) for n, col in zip(names, spec.columns.values(), strict=True)}
     m_table, _, _ = dp.mbi.make_contingency_table(
         t_plan.output_domain, t_plan.output_metric, dp.zero_concentrated_divergence(), d_in=t_plan.map(1),
-        d_out=rho, keys=keys, algorithm=_algorithm(gen),
+        d_out=rho, keys=keys, algorithm=_algorithm(gen, dict(zip(spec.columns, names, strict=True))),
     )
     return t_plan >> m_table
 

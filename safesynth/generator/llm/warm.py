@@ -2,7 +2,8 @@
 
 A share of the generator stage (``warm_start_share`` of its epsilon and delta) fits OpenDP's MST on the
 training rows (:mod:`safesynth.generator.mbi`): all one-way marginals and a maximum spanning tree of two-way
-marginals, measured with Gaussian noise. Rows sampled from that model are a DP output, so training the
+marginals, measured with Gaussian noise; with a label (``condition_on``, else ``audit.target_column``), the
+label's two-way marginal with every other column first (MST's ``anchor``, ``warm_start_label_pairs``). Rows sampled from that model are a DP output, so training the
 language model on them without noise (:func:`~safesynth.generator.llm.training.pretrain`) is post-processing;
 DP-SGD then fine-tunes on the real rows with the rest of the stage. The model starts from the marginals'
 structure instead of from random weights, which DP-SGD's few noisy steps would otherwise have to learn.
@@ -36,7 +37,7 @@ from safesynth.spec import LLMGeneratorSpec, MSTGeneratorSpec, ReleaseSpec, Text
 if TYPE_CHECKING:
     from safesynth.generator.mbi import GraphicalModel
 
-__all__ = ["MAX_WARM_ROWS", "MIN_WARM_ROWS", "check_warm_start", "warm_budget", "warm_start"]
+__all__ = ["MAX_WARM_ROWS", "MIN_WARM_ROWS", "check_warm_start", "warm_anchor", "warm_budget", "warm_start"]
 
 log = logging.getLogger("safesynth")
 
@@ -75,6 +76,15 @@ def warm_budget(stage: StageBudget, gen: LLMGeneratorSpec) -> tuple[float, float
     return gen.warm_start_share * stage.epsilon, gen.warm_start_share * stage.delta
 
 
+def warm_anchor(spec: ReleaseSpec) -> str | None:
+    """The column whose pairs the warm start's MST measures first: the label (``condition_on``, else
+    ``audit.target_column``) when ``warm_start_label_pairs`` is on; None otherwise. Reads the spec only."""
+    gen = spec.generator
+    if not isinstance(gen, LLMGeneratorSpec) or not gen.warm_start_label_pairs:
+        return None
+    return gen.condition_on or spec.audit.target_column
+
+
 def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, stage: StageBudget, codec: RowCodec,
                grammar: Grammar, order: list[int], noisy_rows: float, account: ReleaseAccount, noise: NoiseSource,
                workdir: Path) -> GraphicalModel:
@@ -93,10 +103,12 @@ def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, sta
         raise SpecError("the warm start is for the llm generator")
     check_warm_start(spec)
     _, delta = warm_budget(stage, gen)
-    model, _ = fit_within(MSTBackend().fit, train, spec=spec.model_copy(update={"generator": MSTGeneratorSpec(kind="mst")}),
+    anchor = warm_anchor(spec)
+    mst = MSTGeneratorSpec(kind="mst", anchor=anchor)
+    model, _ = fit_within(MSTBackend().fit, train, spec=spec.model_copy(update={"generator": mst}),
                           parent=stage, share=gen.warm_start_share, delta=delta, account=account, noise=noise,
                           workdir=workdir, as_stage="generator.warm_start",
-                          detail={"purpose": "rows to pretrain on before DP-SGD"})
+                          detail={"purpose": "rows to pretrain on before DP-SGD", "anchor": anchor})
     rows = int(np.clip(round(noisy_rows), MIN_WARM_ROWS, MAX_WARM_ROWS))
     synthetic = model.sample(rows, seed=spec.sampling.seed)
     public = TrainingRows(codec, grammar, codec.encode_cells(synthetic), lm=lm, order=order)

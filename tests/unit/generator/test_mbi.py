@@ -74,9 +74,17 @@ def test_spec_reads_the_algorithm_knobs_with_defaults(tmp_path):
     aim = spec_for(tmp_path, {"kind": "aim", "rounds": 5}).generator
     assert (aim.bins, aim.queries, aim.max_size, aim.rounds, aim.measure_split) == (16, 3, 80.0, 5, 0.9)
     mst = spec_for(tmp_path, {"kind": "mst", "num_selections": 2}).generator
-    assert (mst.bins, mst.num_selections, mst.oneway_split) == (16, 2, None)
+    assert (mst.bins, mst.num_selections, mst.oneway_split, mst.anchor, mst.anchor_share) == (16, 2, None, None, 0.5)
     with pytest.raises(SpecError, match="generator.max_size"):
         spec_for(tmp_path, {"kind": "aim", "max_size": 0})
+
+
+@pytest.mark.parametrize("kind", ["aim", "mst"])
+def test_spec_refuses_an_anchor_that_is_not_a_declared_column(tmp_path, kind):
+    with pytest.raises(SpecError, match=r"`generator.anchor` \('income'\) must be one of the declared columns"):
+        spec_for(tmp_path, {"kind": kind, "anchor": "income"})
+    with pytest.raises(SpecError, match="generator.anchor_share"):
+        spec_for(tmp_path, {"kind": kind, "anchor": "dept", "anchor_share": 1.0})
 
 
 def test_backends_are_registered_and_workers_import_them(tmp_path):
@@ -107,15 +115,31 @@ def test_mst_rho_lowers_a_rho_whose_selection_shares_overflow_by_one_ulp():
     assert mst_rho(0.8243062813746309, gen=gen, columns=6) == 0.8243062813746309  # fits as it is
 
 
+def test_mst_rho_with_an_anchor_replays_sequentials_split_before_msts():
+    """Sequential gives MST a share of the multi-way budget: a rho that fits plain MST can overflow there."""
+    plain, anchored = MSTGeneratorSpec(kind="mst"), MSTGeneratorSpec(kind="mst", anchor="x0", anchor_share=0.3)
+    bad = 0.19291272484884286
+    assert mst_rho(bad, gen=plain, columns=6) == bad
+    fixed = mst_rho(bad, gen=anchored, columns=6)
+    assert fixed < bad and bad - fixed < 1e-12
+    assert mst_rho(fixed, gen=anchored, columns=6) == fixed
+    # Halving is exact in binary floating point: with the default share (0.5) MST's arithmetic is plain MST's.
+    half = MSTGeneratorSpec(kind="mst", anchor="x0")
+    assert mst_rho(0.6305445895008661, gen=half, columns=6) == mst_rho(0.6305445895008661, gen=plain, columns=6)
+
+
 @pytest.mark.slow
-def test_mst_runs_at_a_lowered_rho_where_opendp_refused_the_raw_one(tmp_path):
+@pytest.mark.parametrize(("generator", "bad"), [
+    ({"kind": "mst"}, 0.6305445895008661),
+    ({"kind": "mst", "anchor": "x0", "anchor_share": 0.3}, 0.19291272484884286),
+], ids=["plain", "anchor"])
+def test_mst_runs_at_a_lowered_rho_where_opendp_refused_the_raw_one(tmp_path, generator, bad):
     """Replays OpenDP 0.16's failure on public, empty data: the raw rho fails, the lowered one runs."""
     import polars as pl
 
     columns = {f"x{i}": {"type": "boolean"} for i in range(6)}
-    spec = make_spec(tmp_path, columns=columns, generator={"kind": "mst"})
+    spec = make_spec(tmp_path, columns=columns, generator=generator)
     empty = pl.LazyFrame(schema={f"c{i}": pl.UInt32 for i in range(6)})
-    bad = 0.6305445895008661
     with pytest.raises(Exception, match="insufficient budget"):
         make_measurement(spec, rho=bad)(empty)
     make_measurement(spec, rho=mst_rho(bad, gen=spec.generator, columns=6))(empty)
@@ -124,10 +148,14 @@ def test_mst_runs_at_a_lowered_rho_where_opendp_refused_the_raw_one(tmp_path):
 # ------------------------------------------------------------------------------------- fitted models
 
 
-@pytest.fixture(scope="module", params=["mst", "aim"])
+GENERATORS = {"mst": {"kind": "mst"}, "aim": {"kind": "aim", "rounds": 6, "queries": 2},
+              "mst-anchor": {"kind": "mst", "anchor": "score"}}
+
+
+@pytest.fixture(scope="module", params=list(GENERATORS))
 def fitted(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
-    generator = {"kind": request.param, **({"rounds": 6, "queries": 2} if request.param == "aim" else {})}
+    generator = GENERATORS[request.param]
     spec = spec_for(tmp, generator)
     model, account = fit(spec, table())
     return spec, model, account, tmp
@@ -215,6 +243,10 @@ def test_the_fitted_models_marginal_targets_sum_to_one_and_agree_with_its_sample
     targets = model.targets()
     assert {t.columns for t in targets if len(t.columns) == 1} == {(i,) for i in range(len(spec.columns))}
     assert all(t.table.sum() == pytest.approx(1.0) and (t.table >= 0).all() for t in targets)
+    if spec.generator.anchor is not None:  # the anchor's pair with every other column is in the model
+        anchor = list(spec.columns).index(spec.generator.anchor)
+        pairs = {frozenset(t.columns) for t in targets if len(t.columns) == 2}
+        assert pairs >= {frozenset((anchor, i)) for i in range(len(spec.columns)) if i != anchor}
     rows = model.sample(20_000, seed=2)
     for t in (t for t in targets if len(t.columns) == 1):
         name, col = list(spec.columns.items())[t.columns[0]]

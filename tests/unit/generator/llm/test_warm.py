@@ -12,6 +12,7 @@ from safesynth.preflight import preflight
 from safesynth.privacy.accountant import ReleaseAccount
 from safesynth.privacy.noise import SeededNoise
 from safesynth.privacy.planner import plan_budget
+from safesynth.spec import AuditSpec
 from tests.helpers import rows_valid
 
 from .conftest import ALL_TYPES, TABULAR, llm_spec, tabular_frame
@@ -25,13 +26,16 @@ def _fit(spec, frame, tmp_path):
 
 
 @pytest.mark.slow
-def test_warm_start_spends_its_share_and_the_stages_add_up_to_the_generator_stage(tmp_path):
-    spec = llm_spec(tmp_path, TABULAR, epsilon=2.0, warm_start="mst", warm_start_share=0.3, warm_start_epochs=1.0)
+@pytest.mark.parametrize("label", [None, "a"], ids=["no-label", "label-pairs"])
+def test_warm_start_spends_its_share_and_the_stages_add_up_to_the_generator_stage(tmp_path, label):
+    spec = llm_spec(tmp_path, TABULAR, epsilon=2.0, warm_start="mst", warm_start_share=0.3, warm_start_epochs=1.0,
+                    condition_on=label)
     model, account = _fit(spec, tabular_frame(300), tmp_path)
     stage = plan_budget(spec).stage("generator")
-    by = {s.stage: s for s in account.spends}
+    by = {s.stage: s for s in account.spends if s.stage != "condition"}
     assert list(by) == ["generator.count", "generator.warm_start", "generator.dp_sgd"]
     warm, sgd = by["generator.warm_start"], by["generator.dp_sgd"]
+    assert warm.detail["anchor"] == label  # the label's pairs are measured first
     assert warm.epsilon <= 0.3 * stage.epsilon * (1 + 1e-9) and warm.epsilon >= 0.29 * stage.epsilon
     assert warm.delta == pytest.approx(0.3 * stage.delta) and warm.secure_noise is True
     assert sgd.delta == pytest.approx(0.7 * stage.delta)
@@ -77,7 +81,7 @@ def test_spec_defaults():
 
     gen = LLMGeneratorSpec(kind="llm")
     assert (gen.warm_start, gen.warm_start_share, gen.warm_start_epochs) == ("auto", 0.3, 6.0)
-    assert (gen.calibrate, gen.calibrate_oversample) == (None, 8)
+    assert (gen.calibrate, gen.calibrate_oversample, gen.warm_start_label_pairs) == (None, 8, True)
 
 
 WIDE = {"type": "categorical", "categories": [f"v{i}" for i in range(1_500)]}
@@ -100,6 +104,20 @@ def test_auto_warm_start_is_decided_from_public_spec_facts(tmp_path, columns, ge
     assert (spec.generator.warm_start, spec.generator.calibrate) == expected
     again = llm_spec(tmp_path, columns, delta=delta, **{"warm_start": "auto", **generator})
     assert again.digest() == spec.digest()  # the resolved spec is what the manifest's digest covers
+
+
+def test_the_warm_starts_anchor_is_the_label_from_the_spec(tmp_path):
+    from safesynth.generator.llm.warm import warm_anchor
+
+    assert warm_anchor(llm_spec(tmp_path, TABULAR, warm_start="mst")) is None  # no label: plain MST
+    assert warm_anchor(llm_spec(tmp_path, TABULAR, warm_start="mst", condition_on="b")) == "b"
+    targeted = llm_spec(tmp_path, TABULAR, warm_start="mst").model_copy(update={"audit": AuditSpec(target_column="a")})
+    assert warm_anchor(targeted) == "a"
+    both = llm_spec(tmp_path, TABULAR, warm_start="mst", condition_on="b").model_copy(
+        update={"audit": AuditSpec(target_column="a")})
+    assert warm_anchor(both) == "b"  # the column the sampler conditions on comes first
+    assert warm_anchor(llm_spec(tmp_path, TABULAR, warm_start="mst", condition_on="b",
+                                warm_start_label_pairs=False)) is None
 
 
 def test_calibrate_on_a_spec_auto_resolves_without_a_warm_start_is_refused(tmp_path):
