@@ -148,11 +148,32 @@ def _parse_pointer(raw: bytes, url: str) -> dict[str, Any]:
     return pointer
 
 
-def _precondition_failed(exc: Exception) -> bool:
-    """A conditional S3 PUT lost (HTTP 412, or 409 on a concurrent conditional write); s3fs may translate it."""
-    text = str(exc)
-    return (isinstance(exc, FileExistsError) or "PreconditionFailed" in text or "412" in text
-            or "ConditionalRequestConflict" in text or "pre-conditions you specified did not hold" in text)
+_LOST_PUT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """A conditional S3 PUT lost (HTTP 412, or 409 on a concurrent conditional write).
+
+    s3fs translates botocore's ``ClientError`` (keeping it as the cause) into ``FileExistsError`` or another
+    ``OSError``: the error code is read from the ``ClientError`` in the chain, else from the message.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # the exception and its causes
+        if seen is None:
+            break
+        if isinstance(seen, FileExistsError):
+            return True
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if error.get("Code") in _LOST_PUT_CODES or status == 412:
+                return True
+        text = str(seen)
+        if any(code in text for code in _LOST_PUT_CODES) or "pre-conditions you specified did not hold" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 #: Conditional-PUT retries on S3 when another publisher moved the pointer between our read and our write.

@@ -354,6 +354,13 @@ class LLMGeneratorSpec(_Frozen):
             return self
         return self.model_copy(update={"warm_start": warm, "calibrate": calibrate})
 
+    def warm_anchor(self, target_column: str | None) -> str | None:
+        """The column whose pairs the warm start's MST measures first: the label (``condition_on``, else the
+        audit's ``target_column``) with ``warm_start: mst`` and ``warm_start_label_pairs``; else None."""
+        if self.warm_start != "mst" or not self.warm_start_label_pairs:
+            return None
+        return self.condition_on or target_column
+
     @model_validator(mode="after")
     def _heads_divide_width(self) -> LLMGeneratorSpec:
         if self.hidden_size % self.heads:

@@ -14,6 +14,10 @@ Domains (all from the spec, never from the data), the cells of :mod:`~safesynth.
     (post-processing);
   * text: refused when the spec is loaded (AIM and MST model cells, not free text).
 
+With an ``anchor`` column the algorithm is OpenDP's ``Sequential([Fixed(pairs), AIM or MST])``: the anchor's
+two-way marginal with every other column is measured first, with ``anchor_share`` of the budget left after
+the one-way marginals, and the algorithm spends the rest. One measurement, one rho, the same accounting.
+
 Privacy:
     Add/remove one record (OpenDP: symmetric distance 1 on the indexed frame). OpenDP's measurement spends
     ``rho`` under zero-concentrated DP (Gaussian noise on marginals of L2 sensitivity 1, exponential

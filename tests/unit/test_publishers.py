@@ -242,3 +242,30 @@ def test_files_latest_never_moves_back_when_publishers_race(tmp_path, monkeypatc
     publisher = create_publisher(target_for("files", tmp_path))
     assert race_for_latest(publisher, tmp_path, monkeypatch) == "r2"
     assert [r.release_id for r in publisher.releases("ds")] == ["r1", "r2"]
+
+
+def test_a_lost_conditional_put_is_recognised_by_its_s3_error_code_not_by_digits_in_a_message():
+    """s3fs wraps botocore's ClientError in an OSError (the ClientError is the cause) or a FileExistsError."""
+    from botocore.exceptions import ClientError
+
+    from safesynth.publish import _precondition_failed
+
+    def client_error(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                           "PutObject")
+
+    def wrapped(cause: Exception) -> OSError:
+        try:
+            try:
+                raise cause
+            except ClientError as exc:
+                raise OSError("translated by s3fs") from exc
+        except OSError as outer:
+            return outer
+
+    assert _precondition_failed(wrapped(client_error("PreconditionFailed", 412)))
+    assert _precondition_failed(client_error("ConditionalRequestConflict", 409))
+    assert _precondition_failed(FileExistsError("s3://bucket/key"))
+    assert not _precondition_failed(OSError("wrote 412 bytes, then the disk filled"))
+    assert not _precondition_failed(wrapped(client_error("AccessDenied", 403)))
+    assert not _precondition_failed(client_error("OperationAborted", 409))

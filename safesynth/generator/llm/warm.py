@@ -3,8 +3,9 @@
 A share of the generator stage (``warm_start_share`` of its epsilon and delta) fits OpenDP's MST on the
 training rows (:mod:`safesynth.generator.mbi`): all one-way marginals and a maximum spanning tree of two-way
 marginals, measured with Gaussian noise; with a label (``condition_on``, else ``audit.target_column``), the
-label's two-way marginal with every other column first (MST's ``anchor``, ``warm_start_label_pairs``). Rows sampled from that model are a DP output, so training the
-language model on them without noise (:func:`~safesynth.generator.llm.training.pretrain`) is post-processing;
+label's two-way marginal with every other column first (MST's ``anchor``, ``warm_start_label_pairs``). Rows
+sampled from that model are a DP output, so training the language model on them without noise
+(:func:`~safesynth.generator.llm.training.pretrain`) is post-processing;
 DP-SGD then fine-tunes on the real rows with the rest of the stage. The model starts from the marginals'
 structure instead of from random weights, which DP-SGD's few noisy steps would otherwise have to learn.
 
@@ -77,12 +78,9 @@ def warm_budget(stage: StageBudget, gen: LLMGeneratorSpec) -> tuple[float, float
 
 
 def warm_anchor(spec: ReleaseSpec) -> str | None:
-    """The column whose pairs the warm start's MST measures first: the label (``condition_on``, else
-    ``audit.target_column``) when ``warm_start_label_pairs`` is on; None otherwise. Reads the spec only."""
+    """The column whose pairs the warm start's MST measures first (:meth:`LLMGeneratorSpec.warm_anchor`)."""
     gen = spec.generator
-    if not isinstance(gen, LLMGeneratorSpec) or not gen.warm_start_label_pairs:
-        return None
-    return gen.condition_on or spec.audit.target_column
+    return gen.warm_anchor(spec.audit.target_column) if isinstance(gen, LLMGeneratorSpec) else None
 
 
 def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, stage: StageBudget, codec: RowCodec,
