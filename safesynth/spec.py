@@ -319,7 +319,7 @@ class LLMGeneratorSpec(_Frozen):
     )
     warm_start_label_pairs: bool = Field(
         True, description="With warm_start mst and a label (`condition_on`, else `audit.target_column`): measure "
-        "the label's two-way marginal with every other column first (MST's `anchor`, half of its multi-way "
+        "the label's two-way marginal with every other column too (MST's `anchor`, half of its multi-way "
         "budget), so the pretraining rows and the calibration keep how each column relates to the label. "
         "Same budget; no effect without a label."
     )
@@ -355,7 +355,7 @@ class LLMGeneratorSpec(_Frozen):
         return self.model_copy(update={"warm_start": warm, "calibrate": calibrate})
 
     def warm_anchor(self, target_column: str | None) -> str | None:
-        """The column whose pairs the warm start's MST measures first: the label (``condition_on``, else the
+        """The column whose pairs the warm start's MST measures too: the label (``condition_on``, else the
         audit's ``target_column``) with ``warm_start: mst`` and ``warm_start_label_pairs``; else None."""
         if self.warm_start != "mst" or not self.warm_start_label_pairs:
             return None
@@ -439,9 +439,9 @@ class _MBIGeneratorSpec(_Frozen):
     )
     anchor: str | None = Field(
         None, description="A column (typically the label a downstream model predicts) whose two-way marginal with "
-        "every other column is measured first, with `anchor_share` of the multi-way budget (OpenDP "
-        "Sequential([Fixed(anchor pairs), algorithm])); the algorithm spends the rest. Keeps every column's "
-        "relation to the label that a spanning tree or AIM's selection might drop."
+        "every other column is measured too, with `anchor_share` of the multi-way budget, after the algorithm "
+        "spent the rest (OpenDP Sequential([algorithm, Fixed(anchor pairs)])). Keeps every column's relation to "
+        "the label that a spanning tree or AIM's selection might drop."
     )
     anchor_share: float = Field(
         0.5, gt=0.0, lt=1.0, description="Share of the multi-way budget (after the one-way marginals) the anchor's "

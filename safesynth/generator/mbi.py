@@ -14,9 +14,10 @@ Domains (all from the spec, never from the data), the cells of :mod:`~safesynth.
     (post-processing);
   * text: refused when the spec is loaded (AIM and MST model cells, not free text).
 
-With an ``anchor`` column the algorithm is OpenDP's ``Sequential([Fixed(pairs), AIM or MST])``: the anchor's
-two-way marginal with every other column is measured first, with ``anchor_share`` of the budget left after
-the one-way marginals, and the algorithm spends the rest. One measurement, one rho, the same accounting.
+With an ``anchor`` column the algorithm is OpenDP's ``Sequential([AIM or MST, Fixed(pairs)])``: the
+algorithm spends ``1 - anchor_share`` of the budget left after the one-way marginals, then the anchor's
+two-way marginal with every other column is measured with the rest, and the model is fitted to all of
+them. One measurement, one rho, the same accounting.
 
 Privacy:
     Add/remove one record (OpenDP: symmetric distance 1 on the indexed frame). OpenDP's measurement spends
@@ -145,8 +146,8 @@ def _mst_composes(rho: float, *, gen: MSTGeneratorSpec, columns: int) -> bool:
     if _sum_up([d_oneway, multiway]) > rho:
         return False
     budget = multiway
-    if gen.anchor is not None:  # Sequential([Fixed(anchor pairs), MST]): MST gets the second share
-        budget = _sequential_mids(multiway, (gen.anchor_share, 1.0 - gen.anchor_share))[1]
+    if gen.anchor is not None:  # Sequential([MST, Fixed(anchor pairs)]): MST gets the first share
+        budget = _sequential_mids(multiway, (1.0 - gen.anchor_share, gen.anchor_share))[0]
     d_measure = budget * gen.measure_split
     select = _prior(_prior(budget - d_measure))
     if _sum_up([select, d_measure]) > budget:
@@ -195,9 +196,12 @@ def _index(train: pd.DataFrame, spec: ReleaseSpec, bins: int) -> Any:
 
 
 def _algorithm(gen: MBISpec, names: dict[str, str]) -> Any:
-    """OpenDP's algorithm for ``gen``; with an ``anchor``, ``Sequential([Fixed(anchor pairs), algorithm])``.
+    """OpenDP's algorithm for ``gen``; with an ``anchor``, ``Sequential([algorithm, Fixed(anchor pairs)])``.
 
-    ``names`` maps spec column names to the indexed frame's (c0, c1, ...).
+    ``names`` maps spec column names to the indexed frame's (c0, c1, ...). The algorithm runs first: MST
+    then selects on the one-way model, as without an anchor. Run second, its selection scored every pair on
+    the anchor's model: on adult (epsilon 1) the same TSTR, but ~1.3x the fit time and 3.2 GB instead of
+    2.6 GB of peak memory. The final model is fitted to every measurement.
     """
     dp = _opendp()
     if isinstance(gen, AIMGeneratorSpec):
@@ -211,8 +215,8 @@ def _algorithm(gen: MBISpec, names: dict[str, str]) -> Any:
     anchor = names[gen.anchor]
     pairs = [dp.mbi.Count(by=(anchor, other)) for other in names.values() if other != anchor]
     # The top level reads oneway/oneway_split from the outer algorithm: the same one-way split as without.
-    return dp.mbi.Sequential(algorithms=[dp.mbi.Fixed(queries=pairs), algorithm],
-                             weights=[gen.anchor_share, 1.0 - gen.anchor_share], oneway_split=gen.oneway_split)
+    return dp.mbi.Sequential(algorithms=[algorithm, dp.mbi.Fixed(queries=pairs)],
+                             weights=[1.0 - gen.anchor_share, gen.anchor_share], oneway_split=gen.oneway_split)
 
 
 def make_measurement(spec: ReleaseSpec, *, rho: float) -> Any:

@@ -3,7 +3,7 @@
 A share of the generator stage (``warm_start_share`` of its epsilon and delta) fits OpenDP's MST on the
 training rows (:mod:`safesynth.generator.mbi`): all one-way marginals and a maximum spanning tree of two-way
 marginals, measured with Gaussian noise; with a label (``condition_on``, else ``audit.target_column``), the
-label's two-way marginal with every other column first (MST's ``anchor``, ``warm_start_label_pairs``). Rows
+label's two-way marginal with every other column too (MST's ``anchor``, ``warm_start_label_pairs``). Rows
 sampled from that model are a DP output, so training the language model on them without noise
 (:func:`~safesynth.generator.llm.training.pretrain`) is post-processing;
 DP-SGD then fine-tunes on the real rows with the rest of the stage. The model starts from the marginals'
@@ -78,7 +78,7 @@ def warm_budget(stage: StageBudget, gen: LLMGeneratorSpec) -> tuple[float, float
 
 
 def warm_anchor(spec: ReleaseSpec) -> str | None:
-    """The column whose pairs the warm start's MST measures first (:meth:`LLMGeneratorSpec.warm_anchor`)."""
+    """The column whose pairs the warm start's MST measures too (:meth:`LLMGeneratorSpec.warm_anchor`)."""
     gen = spec.generator
     return gen.warm_anchor(spec.audit.target_column) if isinstance(gen, LLMGeneratorSpec) else None
 

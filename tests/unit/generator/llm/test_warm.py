@@ -35,7 +35,7 @@ def test_warm_start_spends_its_share_and_the_stages_add_up_to_the_generator_stag
     by = {s.stage: s for s in account.spends if s.stage != "condition"}
     assert list(by) == ["generator.count", "generator.warm_start", "generator.dp_sgd"]
     warm, sgd = by["generator.warm_start"], by["generator.dp_sgd"]
-    assert warm.detail["anchor"] == label  # the label's pairs are measured first
+    assert warm.detail["anchor"] == label  # the label's pairs are measured too
     assert warm.epsilon <= 0.3 * stage.epsilon * (1 + 1e-9) and warm.epsilon >= 0.29 * stage.epsilon
     assert warm.delta == pytest.approx(0.3 * stage.delta) and warm.secure_noise is True
     assert sgd.delta == pytest.approx(0.7 * stage.delta)
