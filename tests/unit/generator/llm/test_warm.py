@@ -29,7 +29,7 @@ def _fit(spec, frame, tmp_path):
 @pytest.mark.parametrize("label", [None, "a"], ids=["no-label", "label-pairs"])
 def test_warm_start_spends_its_share_and_the_stages_add_up_to_the_generator_stage(tmp_path, label):
     spec = llm_spec(tmp_path, TABULAR, epsilon=2.0, warm_start="mst", warm_start_share=0.3, warm_start_epochs=1.0,
-                    condition_on=label)
+                    condition_on=label, warm_start_label_pairs=True)
     model, account = _fit(spec, tabular_frame(300), tmp_path)
     stage = plan_budget(spec).stage("generator")
     by = {s.stage: s for s in account.spends if s.stage != "condition"}
@@ -81,7 +81,7 @@ def test_spec_defaults():
 
     gen = LLMGeneratorSpec(kind="llm")
     assert (gen.warm_start, gen.warm_start_share, gen.warm_start_epochs) == ("auto", 0.3, 6.0)
-    assert (gen.calibrate, gen.calibrate_oversample, gen.warm_start_label_pairs) == (None, 8, True)
+    assert (gen.calibrate, gen.calibrate_oversample, gen.warm_start_label_pairs) == (None, 8, False)
 
 
 WIDE = {"type": "categorical", "categories": [f"v{i}" for i in range(1_500)]}
@@ -109,15 +109,18 @@ def test_auto_warm_start_is_decided_from_public_spec_facts(tmp_path, columns, ge
 def test_the_warm_starts_anchor_is_the_label_from_the_spec(tmp_path):
     from safesynth.generator.llm.warm import warm_anchor
 
-    assert warm_anchor(llm_spec(tmp_path, TABULAR, warm_start="mst")) is None  # no label: plain MST
-    assert warm_anchor(llm_spec(tmp_path, TABULAR, warm_start="mst", condition_on="b")) == "b"
-    targeted = llm_spec(tmp_path, TABULAR, warm_start="mst").model_copy(update={"audit": AuditSpec(target_column="a")})
+    def spec(**generator):
+        return llm_spec(tmp_path, TABULAR, warm_start="mst", **generator)
+
+    assert warm_anchor(spec(warm_start_label_pairs=True)) is None  # no label: plain MST
+    assert warm_anchor(spec(condition_on="b", warm_start_label_pairs=True)) == "b"
+    targeted = spec(warm_start_label_pairs=True).model_copy(update={"audit": AuditSpec(target_column="a")})
     assert warm_anchor(targeted) == "a"
-    both = llm_spec(tmp_path, TABULAR, warm_start="mst", condition_on="b").model_copy(
-        update={"audit": AuditSpec(target_column="a")})
+    both = spec(condition_on="b", warm_start_label_pairs=True).model_copy(update={"audit": AuditSpec(target_column="a")})
     assert warm_anchor(both) == "b"  # the column the sampler conditions on comes first
-    assert warm_anchor(llm_spec(tmp_path, TABULAR, warm_start="mst", condition_on="b",
-                                warm_start_label_pairs=False)) is None
+    assert warm_anchor(spec(condition_on="b")) is None  # off by default
+    assert warm_anchor(llm_spec(tmp_path, TABULAR, warm_start="none", condition_on="b",
+                                warm_start_label_pairs=True)) is None  # no warm start
 
 
 def test_calibrate_on_a_spec_auto_resolves_without_a_warm_start_is_refused(tmp_path):
