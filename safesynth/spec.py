@@ -321,8 +321,8 @@ class LLMGeneratorSpec(_Frozen):
         False, description="With warm_start mst and a label (`condition_on`, else `audit.target_column`): measure "
         "the label's two-way marginal with every other column too (MST's `anchor`, half of its multi-way "
         "budget), so the pretraining rows and the calibration keep how each column relates to the label. "
-        "Same budget; no effect without a label. Off by default: at epsilon 1 it moved TSTR by +0.015 on "
-        "adult (2 runs), -0.002 on flchain and -0.004 on hi (3 runs each; bench/README.md)."
+        "Same budget; no effect without a label. Off by default: at epsilon 1 it moved TSTR by +0.014 on "
+        "adult, -0.002 on flchain and -0.004 on hi (3 runs each; bench/README.md)."
     )
     calibrate: bool | None = Field(
         None, description="Pull sampled rows towards the warm start's DP marginals (needs warm_start: mst): "
