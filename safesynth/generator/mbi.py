@@ -86,12 +86,17 @@ def zcdp_epsilon(measurement: Any, *, d_in: Any, delta: float) -> float:
     return float(epsilon)
 
 
-def _rho_measurement(rho: float) -> Any:
-    """A measurement whose privacy map is exactly ``rho`` zCDP (an adaptive composition that runs nothing)."""
+def _composition(d_mids: list[float]) -> Any:
+    """An adaptive composition of ``d_mids`` (zCDP) that runs nothing: its map is their sum, rounded up."""
     dp = _opendp()
     domain = dp.vector_domain(dp.atom_domain(T=dp.u32))
     return dp.c.make_adaptive_composition(domain, dp.symmetric_distance(), dp.zero_concentrated_divergence(),
-                                          d_in=1, d_mids=[rho])
+                                          d_in=1, d_mids=d_mids)
+
+
+def _rho_measurement(rho: float) -> Any:
+    """A measurement whose privacy map is exactly ``rho`` zCDP."""
+    return _composition([rho])
 
 
 def calibrate_rho(*, epsilon: float, delta: float) -> float:
@@ -128,13 +133,8 @@ def _sum_up(values: list[float]) -> float:
 def _sequential_mids(total: float, weights: tuple[float, ...]) -> list[float]:
     """The budgets OpenDP's ``Sequential`` gives its algorithms out of ``total``: ``weights`` times the largest
     scale whose adaptive composition (a sum rounded up) fits ``total``, found by OpenDP's own binary search."""
-    dp = _opendp()
     w = np.array(weights, dtype=np.float64)
-    domain = dp.vector_domain(dp.atom_domain(T=dp.u32))
-    scale = dp.binary_search_param(
-        lambda s: dp.c.make_adaptive_composition(domain, dp.symmetric_distance(), dp.zero_concentrated_divergence(),
-                                                 d_in=1, d_mids=list(w * s)),
-        d_in=1, d_out=total, T=float)
+    scale = _opendp().binary_search_param(lambda s: _composition(list(w * s)), d_in=1, d_out=total, T=float)
     return [float(x) for x in w * scale]
 
 

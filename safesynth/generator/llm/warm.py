@@ -38,7 +38,7 @@ from safesynth.spec import LLMGeneratorSpec, MSTGeneratorSpec, ReleaseSpec, Text
 if TYPE_CHECKING:
     from safesynth.generator.mbi import GraphicalModel
 
-__all__ = ["MAX_WARM_ROWS", "MIN_WARM_ROWS", "check_warm_start", "warm_anchor", "warm_budget", "warm_start"]
+__all__ = ["MAX_WARM_ROWS", "MIN_WARM_ROWS", "check_warm_start", "warm_budget", "warm_start"]
 
 log = logging.getLogger("safesynth")
 
@@ -77,12 +77,6 @@ def warm_budget(stage: StageBudget, gen: LLMGeneratorSpec) -> tuple[float, float
     return gen.warm_start_share * stage.epsilon, gen.warm_start_share * stage.delta
 
 
-def warm_anchor(spec: ReleaseSpec) -> str | None:
-    """The column whose pairs the warm start's MST measures too (:meth:`LLMGeneratorSpec.warm_anchor`)."""
-    gen = spec.generator
-    return gen.warm_anchor(spec.audit.target_column) if isinstance(gen, LLMGeneratorSpec) else None
-
-
 def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, stage: StageBudget, codec: RowCodec,
                grammar: Grammar, order: list[int], noisy_rows: float, account: ReleaseAccount, noise: NoiseSource,
                workdir: Path) -> GraphicalModel:
@@ -101,7 +95,7 @@ def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, sta
         raise SpecError("the warm start is for the llm generator")
     check_warm_start(spec)
     _, delta = warm_budget(stage, gen)
-    anchor = warm_anchor(spec)
+    anchor = gen.warm_anchor(spec.audit.target_column)
     mst = MSTGeneratorSpec(kind="mst", anchor=anchor)
     model, _ = fit_within(MSTBackend().fit, train, spec=spec.model_copy(update={"generator": mst}),
                           parent=stage, share=gen.warm_start_share, delta=delta, account=account, noise=noise,

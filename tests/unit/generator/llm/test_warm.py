@@ -107,7 +107,8 @@ def test_auto_warm_start_is_decided_from_public_spec_facts(tmp_path, columns, ge
 
 
 def test_the_warm_starts_anchor_is_the_label_from_the_spec(tmp_path):
-    from safesynth.generator.llm.warm import warm_anchor
+    def warm_anchor(release):
+        return release.generator.warm_anchor(release.audit.target_column)
 
     def spec(**generator):
         return llm_spec(tmp_path, TABULAR, warm_start="mst", **generator)
