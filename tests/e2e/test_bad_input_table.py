@@ -35,7 +35,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,10 @@ class Workspace:
     root: Path
     engine: str
     api_url: str | None
+    # The environment, copied on the main thread: pytest rewrites PYTEST_CURRENT_TEST there while cases
+    # run on the pool, and iterating os.environ from a worker then raises KeyError.
+    inherited: dict[str, str] = field(default_factory=lambda: {
+        k: v for k, v in os.environ.copy().items() if not k.startswith(("PREFECT_", "SAFESYNTH_", "HF_"))})
 
     @property
     def home(self) -> Path:
@@ -80,7 +84,7 @@ class Workspace:
         return self.root / "releases"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SAFESYNTH_", "HF_"))}
+        env = dict(self.inherited)
         env.update(SAFESYNTH_HOME=str(self.home), PREFECT_HOME=str(self.root / "prefect"),
                    HF_HOME=str(self.root / "hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(REPO))
