@@ -237,6 +237,11 @@ class MarginalsGeneratorSpec(_Frozen):
     bins: int = Field(32, ge=2, le=10_000, description="Histogram bins for numeric and datetime columns.")
 
 
+#: The llm warm start's default share of the generator stage, without and with the label's pairs: the label's
+#: pairs are what a classifier trained on the release needs, and measuring them better beat giving DP-SGD more
+#: (bench/README.md, "The label's pairs as a default").
+WARM_SHARE = 0.3
+LABEL_PAIRS_WARM_SHARE = 0.7
 #: ``warm_start: auto`` picks MST only when all its two-way tables together hold at most this many cells (MST
 #: measures every pair of columns to choose its tree; wide categorical domains would cost memory and minutes).
 AUTO_WARM_MAX_CELLS = 2_000_000
@@ -309,20 +314,23 @@ class LLMGeneratorSpec(_Frozen):
         "post-processing of a DP output, so the pretraining itself costs nothing more. auto (the default): mst "
         "for a table without text columns, a model built from config and delta > 0; none otherwise."
     )
-    warm_start_share: float = Field(
-        0.3, gt=0.0, lt=0.9, description="Share of the generator stage's epsilon and delta the warm start's "
-        "marginals spend (DP-SGD gets the rest, less the row count's share)."
+    warm_start_share: float | None = Field(
+        None, gt=0.0, lt=0.9, description="Share of the generator stage's epsilon and delta the warm start's "
+        f"marginals spend (DP-SGD gets the rest, less the row count's share). Default: {LABEL_PAIRS_WARM_SHARE:g} "
+        f"when the warm start measures the label's pairs (`warm_start_label_pairs` with a label), else "
+        f"{WARM_SHARE:g}."
     )
     warm_start_epochs: float = Field(
         6.0, gt=0.0, le=100.0, description="Passes over the warm start's sampled rows (as many as the noisy row "
         "count, at least 1,000 and at most 200,000)."
     )
     warm_start_label_pairs: bool = Field(
-        False, description="With warm_start mst and a label (`condition_on`, else `audit.target_column`): measure "
+        True, description="With warm_start mst and a label (`condition_on`, else `audit.target_column`): measure "
         "the label's two-way marginal with every other column too (MST's `anchor`, half of its multi-way "
         "budget), so the pretraining rows and the calibration keep how each column relates to the label. "
-        "Same budget; no effect without a label. Off by default: at epsilon 1 it moved TSTR by +0.014 on "
-        "adult, -0.002 on flchain and -0.004 on hi (3 runs each; bench/README.md)."
+        "Same budget; no effect without a label. With it the warm start's default share is 0.7, not 0.3: at "
+        "epsilon 1 this lifted TSTR on adult and flchain by ~0.02 and cost hi 0.007 (bench/README.md, "
+        "\"The label's pairs as a default\")."
     )
     calibrate: bool | None = Field(
         None, description="Pull sampled rows towards the warm start's DP marginals (needs warm_start: mst): "
@@ -354,6 +362,13 @@ class LLMGeneratorSpec(_Frozen):
         if (warm, calibrate) == (self.warm_start, self.calibrate):
             return self
         return self.model_copy(update={"warm_start": warm, "calibrate": calibrate})
+
+    def warm_share(self, target_column: str | None) -> float:
+        """The warm start's share of the generator stage: ``warm_start_share``, else
+        :data:`LABEL_PAIRS_WARM_SHARE` when it measures the label's pairs and :data:`WARM_SHARE` when not."""
+        if self.warm_start_share is not None:
+            return self.warm_start_share
+        return LABEL_PAIRS_WARM_SHARE if self.warm_anchor(target_column) else WARM_SHARE
 
     def warm_anchor(self, target_column: str | None) -> str | None:
         """The column whose pairs the warm start's MST measures too: the label (``condition_on``, else the

@@ -156,9 +156,10 @@ def test_spec_check_says_what_the_llms_auto_warm_start_decided(tmp_path):
     result = CliRunner().invoke(app, ["spec", "check", str(no_text)])
     assert result.exit_code == 0, result.output
     assert "generator llm (warm start mst, share 0.3, calibrated)" in " ".join(result.output.split())
-    labelled_llm = {"kind": "llm", "condition_on": "follow_up", "warm_start_label_pairs": True}
-    labelled = demo_spec(tmp_path, tmp_path / "nowhere.csv", generator=labelled_llm,
-                         columns={k: v for k, v in columns.items() if v["type"] != "text"})
-    result = CliRunner().invoke(app, ["spec", "check", str(labelled)])
-    assert result.exit_code == 0, result.output
-    assert "(warm start mst, share 0.3, label pairs of `follow_up`, calibrated)" in " ".join(result.output.split())
+    for pairs, says in ((True, "share 0.7, label pairs of `follow_up`, calibrated"), (False, "share 0.3, calibrated")):
+        labelled_llm = {"kind": "llm", "condition_on": "follow_up", "warm_start_label_pairs": pairs}
+        labelled = demo_spec(tmp_path, tmp_path / "nowhere.csv", generator=labelled_llm,
+                             columns={k: v for k, v in columns.items() if v["type"] != "text"})
+        result = CliRunner().invoke(app, ["spec", "check", str(labelled)])
+        assert result.exit_code == 0, result.output
+        assert f"(warm start mst, {says})" in " ".join(result.output.split())

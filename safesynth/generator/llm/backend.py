@@ -193,7 +193,7 @@ class LLMBackend:
             account.add(spend)
         noisy_rows, count_spend = release_row_count(len(train), epsilon=COUNT_FRACTION * stage.epsilon, noise=noise)
         account.add(count_spend)
-        warm_epsilon, warm_delta = warm_budget(stage, gen)
+        warm_epsilon, warm_delta = warm_budget(stage, gen, spec.audit.target_column)
         calibration = None
         if gen.warm_start == "mst":  # spends the warm start's share; the pretraining is post-processing
             marginal_model = warm_start(lm, train, spec=spec, stage=stage, codec=codec, grammar=grammar, order=order,

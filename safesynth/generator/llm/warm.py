@@ -1,8 +1,8 @@
 """Warm start of the llm generator: pretrain on rows of a DP marginal model before DP-SGD (``warm_start: mst``).
 
-A share of the generator stage (``warm_start_share`` of its epsilon and delta) fits OpenDP's MST on the
-training rows (:mod:`safesynth.generator.mbi`): all one-way marginals and a maximum spanning tree of two-way
-marginals, measured with Gaussian noise; with a label (``condition_on``, else ``audit.target_column``), the
+A share of the generator stage's epsilon and delta (``LLMGeneratorSpec.warm_share``: ``warm_start_share``, by
+default 0.7 with the label's pairs and 0.3 without) fits OpenDP's MST on the training rows
+(:mod:`safesynth.generator.mbi`): all one-way marginals and a maximum spanning tree of two-way marginals, measured with Gaussian noise; with a label (``condition_on``, else ``audit.target_column``), the
 label's two-way marginal with every other column too (MST's ``anchor``, ``warm_start_label_pairs``). Rows
 sampled from that model are a DP output, so training the language model on them without noise
 (:func:`~safesynth.generator.llm.training.pretrain`) is post-processing;
@@ -70,11 +70,13 @@ def check_warm_start(spec: ReleaseSpec) -> None:
                         "(epsilon, delta) only with `privacy.delta` > 0; set warm_start: none")
 
 
-def warm_budget(stage: StageBudget, gen: LLMGeneratorSpec) -> tuple[float, float]:
-    """The warm start's (epsilon, delta): ``warm_start_share`` of the generator stage's (0, 0 without one)."""
+def warm_budget(stage: StageBudget, gen: LLMGeneratorSpec, target_column: str | None) -> tuple[float, float]:
+    """The warm start's (epsilon, delta): its share (:meth:`LLMGeneratorSpec.warm_share`, public) of the
+    generator stage's (0, 0 without one)."""
     if gen.warm_start != "mst":  # none, or auto outside a ReleaseSpec (which resolves it)
         return 0.0, 0.0
-    return gen.warm_start_share * stage.epsilon, gen.warm_start_share * stage.delta
+    share = gen.warm_share(target_column)
+    return share * stage.epsilon, share * stage.delta
 
 
 def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, stage: StageBudget, codec: RowCodec,
@@ -94,11 +96,11 @@ def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, sta
     if not isinstance(gen, LLMGeneratorSpec):
         raise SpecError("the warm start is for the llm generator")
     check_warm_start(spec)
-    _, delta = warm_budget(stage, gen)
+    _, delta = warm_budget(stage, gen, spec.audit.target_column)
     anchor = gen.warm_anchor(spec.audit.target_column)
     mst = MSTGeneratorSpec(kind="mst", anchor=anchor)
     model, _ = fit_within(MSTBackend().fit, train, spec=spec.model_copy(update={"generator": mst}),
-                          parent=stage, share=gen.warm_start_share, delta=delta, account=account, noise=noise,
+                          parent=stage, share=gen.warm_share(spec.audit.target_column), delta=delta, account=account, noise=noise,
                           workdir=workdir, as_stage="generator.warm_start",
                           detail={"purpose": "rows to pretrain on before DP-SGD", "anchor": anchor})
     rows = int(np.clip(round(noisy_rows), MIN_WARM_ROWS, MAX_WARM_ROWS))

@@ -26,19 +26,19 @@ def _fit(spec, frame, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("label", [None, "a"], ids=["no-label", "label-pairs"])
-def test_warm_start_spends_its_share_and_the_stages_add_up_to_the_generator_stage(tmp_path, label):
-    spec = llm_spec(tmp_path, TABULAR, epsilon=2.0, warm_start="mst", warm_start_share=0.3, warm_start_epochs=1.0,
-                    condition_on=label, warm_start_label_pairs=True)
+@pytest.mark.parametrize(("label", "share"), [(None, 0.3), ("a", 0.7)], ids=["no-label", "label-pairs"])
+def test_warm_start_spends_its_share_and_the_stages_add_up_to_the_generator_stage(tmp_path, label, share):
+    """The default share: 0.3 of the stage for a plain warm start, 0.7 when it measures the label's pairs."""
+    spec = llm_spec(tmp_path, TABULAR, epsilon=2.0, warm_start="mst", warm_start_epochs=1.0, condition_on=label)
     model, account = _fit(spec, tabular_frame(300), tmp_path)
     stage = plan_budget(spec).stage("generator")
     by = {s.stage: s for s in account.spends if s.stage != "condition"}
     assert list(by) == ["generator.count", "generator.warm_start", "generator.dp_sgd"]
     warm, sgd = by["generator.warm_start"], by["generator.dp_sgd"]
-    assert warm.detail["anchor"] == label  # the label's pairs are measured too
-    assert warm.epsilon <= 0.3 * stage.epsilon * (1 + 1e-9) and warm.epsilon >= 0.29 * stage.epsilon
-    assert warm.delta == pytest.approx(0.3 * stage.delta) and warm.secure_noise is True
-    assert sgd.delta == pytest.approx(0.7 * stage.delta)
+    assert warm.detail["anchor"] == label  # the label's pairs are measured too (on by default)
+    assert (share - 0.01) * stage.epsilon <= warm.epsilon <= share * stage.epsilon * (1 + 1e-9)
+    assert warm.delta == pytest.approx(share * stage.delta) and warm.secure_noise is True
+    assert sgd.delta == pytest.approx((1 - share) * stage.delta)
     assert sum(s.epsilon for s in by.values()) <= stage.epsilon * (1 + 1e-9)
     assert sum(s.delta for s in by.values()) <= stage.delta * (1 + 1e-12)
     assert account.epsilon <= spec.privacy.epsilon
@@ -80,8 +80,8 @@ def test_spec_defaults():
     from safesynth.spec import LLMGeneratorSpec
 
     gen = LLMGeneratorSpec(kind="llm")
-    assert (gen.warm_start, gen.warm_start_share, gen.warm_start_epochs) == ("auto", 0.3, 6.0)
-    assert (gen.calibrate, gen.calibrate_oversample, gen.warm_start_label_pairs) == (None, 8, False)
+    assert (gen.warm_start, gen.warm_start_share, gen.warm_start_epochs) == ("auto", None, 6.0)
+    assert (gen.calibrate, gen.calibrate_oversample, gen.warm_start_label_pairs) == (None, 8, True)
 
 
 WIDE = {"type": "categorical", "categories": [f"v{i}" for i in range(1_500)]}
@@ -119,9 +119,24 @@ def test_the_warm_starts_anchor_is_the_label_from_the_spec(tmp_path):
     assert warm_anchor(targeted) == "a"
     both = spec(condition_on="b", warm_start_label_pairs=True).model_copy(update={"audit": AuditSpec(target_column="a")})
     assert warm_anchor(both) == "b"  # the column the sampler conditions on comes first
-    assert warm_anchor(spec(condition_on="b")) is None  # off by default
+    assert warm_anchor(spec(condition_on="b", warm_start_label_pairs=False)) is None
+    assert warm_anchor(spec(condition_on="b")) == "b"  # on by default
     assert warm_anchor(llm_spec(tmp_path, TABULAR, warm_start="none", condition_on="b",
                                 warm_start_label_pairs=True)) is None  # no warm start
+
+
+def test_the_warm_starts_share_is_larger_when_it_measures_the_labels_pairs(tmp_path):
+    from safesynth.spec import LABEL_PAIRS_WARM_SHARE, WARM_SHARE
+
+    def share(**generator):
+        release = llm_spec(tmp_path, TABULAR, warm_start="mst", **generator)
+        return release.generator.warm_share(release.audit.target_column)
+
+    assert (WARM_SHARE, LABEL_PAIRS_WARM_SHARE) == (0.3, 0.7)
+    assert share() == WARM_SHARE  # no label: no pairs to measure
+    assert share(condition_on="b") == LABEL_PAIRS_WARM_SHARE
+    assert share(condition_on="b", warm_start_label_pairs=False) == WARM_SHARE
+    assert share(condition_on="b", warm_start_share=0.4) == share(warm_start_share=0.4) == 0.4  # set: as set
 
 
 def test_calibrate_on_a_spec_auto_resolves_without_a_warm_start_is_refused(tmp_path):
