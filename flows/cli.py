@@ -141,8 +141,9 @@ def spec_check(spec: Annotated[Path, typer.Argument(help="Release spec YAML file
     gen = loaded.generator
     how = ""
     if isinstance(gen, LLMGeneratorSpec):  # what warm_start: auto decided (from the spec alone)
-        anchor = gen.warm_anchor(loaded.audit.target_column)
-        how = (f" (warm start mst, share {gen.warm_share(loaded.audit.target_column):g}{f', label pairs of `{anchor}`' if anchor else ''}"
+        label = loaded.audit.target_column
+        anchor, share = gen.warm_anchor(label), gen.warm_share(label)
+        how = (f" (warm start mst, share {share:g}{f', label pairs of `{anchor}`' if anchor else ''}"
                f"{', calibrated' if gen.calibrate else ''})" if gen.warm_start == "mst" else " (DP-SGD only)")
     out.print(f"[green]ok[/] {spec}: dataset `{loaded.dataset}`, {len(loaded.columns)} columns, "
               f"generator {gen.kind}{how}, {loaded.sampling.rows} rows")

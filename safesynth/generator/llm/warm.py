@@ -2,7 +2,8 @@
 
 A share of the generator stage's epsilon and delta (``LLMGeneratorSpec.warm_share``: ``warm_start_share``, by
 default 0.7 with the label's pairs and 0.3 without) fits OpenDP's MST on the training rows
-(:mod:`safesynth.generator.mbi`): all one-way marginals and a maximum spanning tree of two-way marginals, measured with Gaussian noise; with a label (``condition_on``, else ``audit.target_column``), the
+(:mod:`safesynth.generator.mbi`): all one-way marginals and a maximum spanning tree of two-way marginals,
+measured with Gaussian noise; with a label (``condition_on``, else ``audit.target_column``), the
 label's two-way marginal with every other column too (MST's ``anchor``, ``warm_start_label_pairs``). Rows
 sampled from that model are a DP output, so training the language model on them without noise
 (:func:`~safesynth.generator.llm.training.pretrain`) is post-processing;
@@ -96,11 +97,12 @@ def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, sta
     if not isinstance(gen, LLMGeneratorSpec):
         raise SpecError("the warm start is for the llm generator")
     check_warm_start(spec)
-    _, delta = warm_budget(stage, gen, spec.audit.target_column)
-    anchor = gen.warm_anchor(spec.audit.target_column)
+    label = spec.audit.target_column
+    _, delta = warm_budget(stage, gen, label)
+    anchor = gen.warm_anchor(label)
     mst = MSTGeneratorSpec(kind="mst", anchor=anchor)
     model, _ = fit_within(MSTBackend().fit, train, spec=spec.model_copy(update={"generator": mst}),
-                          parent=stage, share=gen.warm_share(spec.audit.target_column), delta=delta, account=account, noise=noise,
+                          parent=stage, share=gen.warm_share(label), delta=delta, account=account, noise=noise,
                           workdir=workdir, as_stage="generator.warm_start",
                           detail={"purpose": "rows to pretrain on before DP-SGD", "anchor": anchor})
     rows = int(np.clip(round(noisy_rows), MIN_WARM_ROWS, MAX_WARM_ROWS))
