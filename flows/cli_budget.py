@@ -25,8 +25,10 @@ Mounted by ``flows/cli.py`` as ``app.add_typer(budget_app, name="budget")``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -73,16 +75,14 @@ def list_datasets(
     """List every dataset in the ledger: lifetime, spent, in flight and remaining budget."""
     out = Console()
     try:
-        url, source = resolve_with_source(override=ledger_url)
-        book = Ledger.open_existing(url, source=source)
-        if book is None:
-            if as_json:
-                out.print_json(json.dumps({"ledger": display_url(url), "exists": False, "datasets": []}))
-            else:
-                out.print(f"no budget ledger at {display_url(url)}: nothing recorded yet (the first release "
-                          "creates it)", highlight=False, markup=False, soft_wrap=True)
-            return
-        with book:
+        with _existing(ledger_url) as (book, shown):
+            if book is None:
+                if as_json:
+                    out.print_json(json.dumps({"ledger": shown, "exists": False, "datasets": []}))
+                else:
+                    out.print(f"no budget ledger at {shown}: nothing recorded yet (the first release creates it)",
+                              highlight=False, markup=False, soft_wrap=True)
+                return
             lines = [book.summary(name).overview() for name in book.datasets()]
             shown = book.url
     except SafeSynthError as exc:
@@ -120,12 +120,10 @@ def show(
     """Show a dataset's lifetime budget, what its releases spent, and what remains."""
     out = Console()
     try:
-        url, source = resolve_with_source(override=ledger_url)
-        book = Ledger.open_existing(url, source=source)
-        if book is None:
-            _nothing_recorded(out, dataset, display_url(url), as_json=as_json)
-            return
-        with book:
+        with _existing(ledger_url) as (book, shown):
+            if book is None:
+                _nothing_recorded(out, dataset, shown, as_json=as_json)
+                return
             summary = book.summary(dataset)
     except SafeSynthError as exc:
         _fail(str(exc), exc.exit_code)
@@ -190,11 +188,9 @@ def _close(dataset: str, release_id: str, ledger_url: str | None, *, refund_only
     """``abandon`` and ``cancel``: one ledger call, :meth:`Ledger.abandon`, with or without ``refund_only``."""
     what = "cancel" if refund_only else "abandon"
     try:
-        url, source = resolve_with_source(override=ledger_url)
-        book = Ledger.open_existing(url, source=source)
-        if book is None:
-            _fail(f"no budget ledger at {display_url(url)}: nothing to {what}", 1)
-        with book:
+        with _existing(ledger_url) as (book, shown):
+            if book is None:
+                _fail(f"no budget ledger at {shown}: nothing to {what}", 1)
             closed = book.abandon(dataset, release_id, refund_only=refund_only)
     except SafeSynthError as exc:
         _fail(str(exc), exc.exit_code)
@@ -216,17 +212,31 @@ def rebind(
 ) -> None:
     """Bind a dataset's budget to another source (the data moved); its spends stay."""
     try:
+        with _existing(ledger_url) as (existing, shown):
+            if existing is None:
+                _fail(f"no budget ledger at {shown}: nothing to rebind", 1)
         url, source = resolve_with_source(override=ledger_url)
-        existing = Ledger.open_existing(url, source=source)
-        if existing is None:
-            _fail(f"no budget ledger at {display_url(url)}: nothing to rebind", 1)
-        existing.close()
         with Ledger.open(url, source=source) as book:  # migrates an older ledger (the source columns)
             summary = book.rebind_source(dataset, source_key)
     except SafeSynthError as exc:
         _fail(str(exc), exc.exit_code)
     Console().print(f"dataset `{dataset}`: budget bound to source {summary.source_key}", highlight=False,
                     markup=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _existing(ledger_url: str | None) -> Iterator[tuple[Ledger | None, str]]:
+    """The ledger ``--ledger-url`` names (else the default) if it exists, else None, with its URL for display.
+
+    Opens nothing that does not exist (a read must not create a ledger); the ledger is closed on exit.
+    """
+    url, source = resolve_with_source(override=ledger_url)
+    book = Ledger.open_existing(url, source=source)
+    if book is None:
+        yield None, display_url(url)
+        return
+    with book:
+        yield book, display_url(url)
 
 
 def _fmt(value: float, digits: int = 4) -> str:

@@ -99,15 +99,17 @@ def release(spec_path: str, release_id: str | None = None) -> Any:
     """
     logger = get_run_logger()
     try:
-        # Loaded here for the dataset's name (its limit, its slot's id); `prepare` loads and checks it again.
-        dataset = load_spec(spec_path).dataset
+        # Loaded once, here: its dataset names the slot, and `prepare` checks this same spec.
+        loaded = load_spec(spec_path)
+        dataset = loaded.dataset
         planned = planned_release_id(dataset, release_id)
         if release_id is None and planned is not None and deployment.get_id() is not None:
             logger.info("release id %s: from the scheduled slot %s", planned,
                         flow_run.get_scheduled_start_time().astimezone(dt.UTC).isoformat())
         with one_release_at_a_time(dataset):
             from_slot = release_id is None and planned is not None and deployment.get_id() is not None
-            outcome = run_release(spec_path, release_id=planned, run=run_as_task, once=from_slot)
+            outcome = run_release(spec_path, release_id=planned, run=run_as_task, once=from_slot,
+                                  spec=loaded)
     except SafeSynthError as exc:
         outcome = outcome_for_error(exc)
     except Exception as exc:  # a bug: the flow still fails with its traceback, after the event

@@ -121,6 +121,14 @@ def read_latest(target: str, dataset: str, storage_options: dict[str, Any] | Non
     url = _join(target, dataset, LATEST)
     try:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except OSError as exc:
+        raise PublishError(f"cannot read {url}: {exc.__class__.__name__}") from exc
+    return _read_pointer(fs, path, url)
+
+
+def _read_pointer(fs: Any, path: str, url: str) -> dict[str, Any] | None:
+    """The pointer at ``path`` on ``fs`` (``url`` names it in errors), or None if absent."""
+    try:
         if not fs.exists(path):
             return None
         raw = fs.cat_file(path)
@@ -201,7 +209,7 @@ def _move_latest(target: str, dataset: str, release_id: str, manifest: dict[str,
         if protocol in ("s3", "s3a"):
             _move_latest_s3(fs, path, url, release_id, created, body)
             return
-        if _stays(read_latest(target, dataset, storage_options), release_id, created):
+        if _stays(_read_pointer(fs, path, url), release_id, created):
             return
         fs.pipe_file(path, body)  # one whole-object PUT
         fs.invalidate_cache(path)

@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 from safesynth import stages
 from safesynth.errors import AlreadyPublishedError, GateFailedError, SafeSynthError
 from safesynth.privacy.noise import NoiseSource
+from safesynth.spec import ReleaseSpec
 
 log = logging.getLogger("safesynth")
 
@@ -70,6 +71,7 @@ def run_release(
     noise: NoiseSource | None = None,
     run: Runner = direct,
     once: bool = False,
+    spec: ReleaseSpec | None = None,
 ) -> ReleaseOutcome:
     """Run one release end to end. Raises SafeSynthError subclasses for bad specs, data and budgets.
 
@@ -77,11 +79,13 @@ def run_release(
     and ended blocked or failed, this run spends nothing and ends with that status again (a new release
     needs a new id); without ``once`` such an id is attempted again, spending again.
 
+    ``spec``: the spec the caller already loaded from ``spec_path`` (it is then not read again).
+
     A release blocked by a gate does not raise: it returns ``status="blocked"`` with the reasons, and
     nothing is written under the publish target. An error raised after :func:`stages.prepare` carries
     ``release_id`` and ``dataset`` attributes (spec constants: callers report them).
     """
-    ctx = run("prepare", stages.prepare, str(spec_path), release_id)
+    ctx = run("prepare", stages.prepare, str(spec_path), release_id, spec)
     status = "failed"
     try:
         outcome = _run_prepared(ctx, noise=noise, run=run, once=once)

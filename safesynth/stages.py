@@ -149,14 +149,19 @@ class Fitted:
     schema: ResolvedSpec
 
 
-def prepare(spec_path: str | os.PathLike[str], release_id: str | None = None) -> RunContext:
+def prepare(spec_path: str | os.PathLike[str], release_id: str | None = None,
+            spec: ReleaseSpec | None = None) -> RunContext:
     """Load the spec once, run every check that needs no private data, make the attempt's directories.
+
+    ``spec``: the spec already loaded from ``spec_path`` by the caller (the flow, which needed its dataset
+    first); the file is then not read again, so the run cannot use a different spec from the one it took
+    the dataset's slot for.
 
     Raises:
         SpecError: a bad spec, release id, source location, publish target or ledger (exit code 2);
             nothing is reserved or charged.
     """
-    spec = load_spec(spec_path)
+    spec = load_spec(spec_path) if spec is None else spec
     release_id = new_release_id(spec.dataset) if release_id is None else check_release_id(release_id)
     preflight(spec)
     workspace = Workspace.create(spec.dataset, release_id)
