@@ -332,6 +332,11 @@ class LLMGeneratorSpec(_Frozen):
         "epsilon 1 this lifted TSTR on adult and flchain by ~0.02 and cost hi 0.007 (bench/README.md, "
         "\"The label's pairs as a default\")."
     )
+    warm_start_bins: int = Field(
+        16, ge=2, le=1_000, description="The warm start's MST grid: equal-width cells per numeric column (an "
+        "integer column with at most this many values gets one cell per value; see `bins` of the mst "
+        "generator). Its samples draw values uniformly inside a cell, and calibration matches these cells."
+    )
     calibrate: bool | None = Field(
         None, description="Pull sampled rows towards the warm start's DP marginals (needs warm_start: mst): "
         "sample `calibrate_oversample` times the rows, weight them by raking to the MST model's one-way and "
@@ -762,8 +767,7 @@ class ReleaseSpec(_Frozen):
         if not isinstance(value, LLMGeneratorSpec) or columns is None or privacy is None:
             return value
         text = any(isinstance(col, TextColumn) for col in columns.values())
-        bins = MSTGeneratorSpec.model_fields["bins"].default  # the warm start's MST uses the defaults
-        cells = [_mst_cells(col, bins) for col in columns.values()]
+        cells = [_mst_cells(col, value.warm_start_bins) for col in columns.values()]
         pairs = (sum(cells) ** 2 - sum(c * c for c in cells)) // 2
         return value.resolved(columns=len(columns), text_columns=text, pair_cells=pairs, delta=privacy.delta)
 

@@ -100,7 +100,7 @@ def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, sta
     label = spec.audit.target_column
     _, delta = warm_budget(stage, gen, label)
     anchor = gen.warm_anchor(label)
-    mst = MSTGeneratorSpec(kind="mst", anchor=anchor)
+    mst = MSTGeneratorSpec(kind="mst", anchor=anchor, bins=gen.warm_start_bins)
     model, _ = fit_within(MSTBackend().fit, train, spec=spec.model_copy(update={"generator": mst}),
                           parent=stage, share=gen.warm_share(label), delta=delta, account=account, noise=noise,
                           workdir=workdir, as_stage="generator.warm_start",

@@ -29,13 +29,15 @@ def _fit(spec, frame, tmp_path):
 @pytest.mark.parametrize(("label", "share"), [(None, 0.3), ("a", 0.7)], ids=["no-label", "label-pairs"])
 def test_warm_start_spends_its_share_and_the_stages_add_up_to_the_generator_stage(tmp_path, label, share):
     """The default share: 0.3 of the stage for a plain warm start, 0.7 when it measures the label's pairs."""
-    spec = llm_spec(tmp_path, TABULAR, epsilon=2.0, warm_start="mst", warm_start_epochs=1.0, condition_on=label)
+    spec = llm_spec(tmp_path, TABULAR, epsilon=2.0, warm_start="mst", warm_start_epochs=1.0, condition_on=label,
+                    warm_start_bins=8)
     model, account = _fit(spec, tabular_frame(300), tmp_path)
     stage = plan_budget(spec).stage("generator")
     by = {s.stage: s for s in account.spends if s.stage != "condition"}
     assert list(by) == ["generator.count", "generator.warm_start", "generator.dp_sgd"]
     warm, sgd = by["generator.warm_start"], by["generator.dp_sgd"]
     assert warm.detail["anchor"] == label  # the label's pairs are measured too (on by default)
+    assert warm.detail["bins"] == 8 and model.calibration.bins == 8  # MST and the calibration on its grid
     assert (share - 0.01) * stage.epsilon <= warm.epsilon <= share * stage.epsilon * (1 + 1e-9)
     assert warm.delta == pytest.approx(share * stage.delta) and warm.secure_noise is True
     assert sgd.delta == pytest.approx((1 - share) * stage.delta)
@@ -82,6 +84,7 @@ def test_spec_defaults():
     gen = LLMGeneratorSpec(kind="llm")
     assert (gen.warm_start, gen.warm_start_share, gen.warm_start_epochs) == ("auto", None, 6.0)
     assert (gen.calibrate, gen.calibrate_oversample, gen.warm_start_label_pairs) == (None, 8, True)
+    assert gen.warm_start_bins == 16
 
 
 WIDE = {"type": "categorical", "categories": [f"v{i}" for i in range(1_500)]}
@@ -94,11 +97,15 @@ WIDE = {"type": "categorical", "categories": [f"v{i}" for i in range(1_500)]}
     ({"a": TABULAR["a"]}, {}, 1e-5, ("none", False)),                     # one column: no pairs to model
     ({"a": WIDE, "b": WIDE}, {}, 1e-5, ("none", False)),                  # 1,501^2 pair cells > 2 million
     ({"a": WIDE, "b": TABULAR["b"]}, {}, 1e-5, ("mst", True)),
+    ({"a": WIDE, "n": TABULAR["n"], "m": TABULAR["n"]}, {}, 1e-5, ("mst", True)),
+    ({"a": WIDE, "n": TABULAR["n"], "m": TABULAR["n"]}, {"warm_start_bins": 1_000}, 1e-5,
+     ("none", False)),                                                    # its grid: 4 million pair cells
     (TABULAR, {"model": "smollm2-135m"}, 1e-5, ("none", False)),          # a pretrained model
     (TABULAR, {"warm_start": "auto", "calibrate": False}, 1e-5, ("mst", False)),
     (TABULAR, {"warm_start": "mst"}, 1e-5, ("mst", True)),                # calibrate follows the warm start
     (TABULAR, {"warm_start": "none"}, 1e-5, ("none", False)),
-], ids=["tabular", "text", "delta0", "one-column", "wide", "wide-narrow", "pretrained", "no-calibrate", "mst", "none"])
+], ids=["tabular", "text", "delta0", "one-column", "wide", "wide-narrow", "wide-int", "wide-int-fine-grid",
+                   "pretrained", "no-calibrate", "mst", "none"])
 def test_auto_warm_start_is_decided_from_public_spec_facts(tmp_path, columns, generator, delta, expected):
     spec = llm_spec(tmp_path, columns, delta=delta, **{"warm_start": "auto", **generator})
     assert (spec.generator.warm_start, spec.generator.calibrate) == expected
