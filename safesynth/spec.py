@@ -248,7 +248,12 @@ AUTO_WARM_MAX_CELLS = 2_000_000
 
 
 def _mst_cells(col: ColumnSpec, bins: int) -> int:
-    """An upper bound on a column's cells on MST's grid, with the null cell, from the spec alone."""
+    """An upper bound on a column's cells on MST's grid, with the null cell, from the spec alone.
+
+    Not :func:`safesynth.generator.grid.value_cells`: that counts the exact cells of a column whose domain is
+    declared or discovered, while this runs when the spec is loaded, before discovery (undeclared categories
+    count ``max_categories``, an unbounded integer ``bins``), and the spec cannot import the generators.
+    """
     if isinstance(col, CategoricalColumn):
         cells = len(col.categories) if col.categories is not None else col.max_categories
     elif isinstance(col, BooleanColumn):
