@@ -245,6 +245,8 @@ LABEL_PAIRS_WARM_SHARE = 0.7
 #: ``warm_start: auto`` picks MST only when all its two-way tables together hold at most this many cells (MST
 #: measures every pair of columns to choose its tree; wide categorical domains would cost memory and minutes).
 AUTO_WARM_MAX_CELLS = 2_000_000
+#: The warm start's MST grid by default (cells per numeric column).
+WARM_START_BINS = 16
 
 
 def _mst_cells(col: ColumnSpec, bins: int) -> int:
@@ -338,7 +340,7 @@ class LLMGeneratorSpec(_Frozen):
         "\"The label's pairs as a default\")."
     )
     warm_start_bins: int = Field(
-        16, ge=2, le=1_000, description="The warm start's MST grid: equal-width cells per numeric column (an "
+        WARM_START_BINS, ge=2, le=1_000, description="The warm start's MST grid: equal-width cells per numeric column (an "
         "integer column with at most this many values gets one cell per value; see `bins` of the mst "
         "generator). Its samples draw values uniformly inside a cell, and calibration matches these cells."
     )
@@ -848,6 +850,8 @@ class ReleaseSpec(_Frozen):
         exclude: dict[str, Any] = {"base_dir": True}
         if self.publish.format == "files":  # digests of specs written before publish.format stay as they were
             exclude["publish"] = {"format", "catalog", "table"}
+        if isinstance(self.generator, LLMGeneratorSpec) and self.generator.warm_start_bins == WARM_START_BINS:
+            exclude["generator"] = {"warm_start_bins"}  # likewise for specs written before warm_start_bins
         payload = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 
@@ -200,3 +203,12 @@ def test_calibrated_sampling_moves_the_rows_towards_the_marginal_models_one_way_
 def test_calibrate_without_a_warm_start_is_refused_at_spec_load(tmp_path):
     with pytest.raises(SpecError, match="calibrate: true.*set warm_start: mst"):
         llm_spec(tmp_path, TABULAR, calibrate=True)
+
+
+def test_the_default_grid_leaves_the_digest_as_it_was_before_the_field_existed(tmp_path):
+    """Ledger records and manifests of earlier llm releases keep matching their specs' digests."""
+    spec = llm_spec(tmp_path, TABULAR, warm_start="mst")
+    payload = spec.model_dump(mode="json", exclude={"base_dir": True, "publish": {"format", "catalog", "table"}})
+    assert payload["generator"].pop("warm_start_bins") == 16
+    assert spec.digest() == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    assert llm_spec(tmp_path, TABULAR, warm_start="mst", warm_start_bins=32).digest() != spec.digest()
