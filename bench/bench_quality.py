@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -67,6 +68,7 @@ DELTA = 1e-5
 REVIEW_ROWS = 2000  # generated reviews per run (long sequences: sampling them all would take minutes)
 TEMPERATURES: list[float] = []
 TRAIN_ROWS: list[int] = []  # --rows: fit on the first N training rows (smoke runs)
+SAVE_SYNTHETIC: list[str] = []  # --save-synthetic NAME: keep each run's rows in bench/results/NAME_*.parquet
 #: Generators whose spec takes the --set overrides.
 CONFIGURABLE = ("llm", "aim", "mst")
 
@@ -110,6 +112,9 @@ def run_table(dataset: str, kind: str, epsilon: float, overrides: dict[str, Any]
                      target=target)
     result = run_release(kind, real_train, spec, rows=len(real_train), seed=seed)
     synthetic, fitted = result.pop("synthetic"), result.pop("fitted")
+    if SAVE_SYNTHETIC:  # for per-pair analysis (bench/results is git-ignored)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        synthetic.to_parquet(RESULTS / f"{SAVE_SYNTHETIC[0]}_{dataset}_{kind}_eps{epsilon:g}_seed{seed}.parquet")
     utility = tstr(synthetic, holdout, target=target, positive=positive)
     # The release gate's attack: members = fitted rows, non-members = the holdout.
     attack = dcr_attack(synthetic, real_train, holdout, spec=spec, max_rows=5_000, seed=0)
@@ -186,6 +191,9 @@ def trtr(dataset: str) -> dict[str, Any]:
 
 
 def _one(args: argparse.Namespace) -> None:
+    # The generators' progress lines with timestamps: where a run's time goes (warm start, DP-SGD, sampling).
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("safesynth").setLevel(logging.INFO)
     overrides = _parse_overrides(args.set)
     (dataset,), kind, eps = args.datasets, args.backends[0], args.eps[0]
     try:
@@ -315,12 +323,17 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file names (bench/results/NAME.json and NAME.md)")
     parser.add_argument("--temperatures", type=float, nargs="*", default=[],
                         help="llm: also sample at these temperatures (same fitted model)")
+    parser.add_argument("--save-synthetic", metavar="NAME", default=None,
+                        help="keep each run's synthetic rows in bench/results/NAME_<dataset>_<generator>_eps<e>_seed<s>"
+                             ".parquet (to study which pairs miss)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # the child's seed
     args = parser.parse_args()
     TEMPERATURES.extend(args.temperatures)
     if args.rows is not None:
         TRAIN_ROWS.append(args.rows)
+    if args.save_synthetic:
+        SAVE_SYNTHETIC.append(args.save_synthetic)
     if args.one:
         return _one(args)
     if args.seeds < 1:
@@ -346,6 +359,7 @@ def main() -> None:
                     cmd = [sys.executable, __file__, "--one", "--datasets", dataset, "--eps", str(eps),
                            "--backends", kind, "--seed", str(seed), *sum((["--set", s] for s in args.set), []),
                            *(["--rows", str(args.rows)] if args.rows is not None else []),
+                           *(["--save-synthetic", args.save_synthetic] if args.save_synthetic else []),
                            "--temperatures", *map(str, args.temperatures)]
                     result, reason = _run_child(cmd)
                     if result is None:

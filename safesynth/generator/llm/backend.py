@@ -17,6 +17,7 @@ test source with ``secure = False``, from the spec's seed so tests are reproduci
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ from safesynth.repair import repair_records
 from safesynth.spec import LLMGeneratorSpec, ReleaseSpec
 
 __all__ = ["ConditionHistogram", "FittedLLM", "LLMBackend", "release_condition_histogram"]
+
+log = logging.getLogger("safesynth")
 
 _META = "safesynth_llm.json"
 _FORMAT = 1
@@ -209,11 +212,14 @@ class LLMBackend:
         sgd_spend = _sgd_spend(schedule, delta=sgd_delta, accountant=plan.accountant,
                                detail={"grad_sample_mode": gen.grad_sample_mode, "rng_seeding": rngs.source})
         account.add(sgd_spend)  # committed before the first noisy step
+        log.info("DP-SGD: %d steps, sampling rate %.3g, noise multiplier %.3g", schedule.steps, schedule.sample_rate,
+                 schedule.noise_multiplier)
         with torch_threads():
             train_dp_sgd(lm, rows, schedule, learning_rate=gen.learning_rate, mode=gen.grad_sample_mode,
                          physical_batch_size=gen.physical_batch_size, poisson_rng=rngs.poisson,
                          noise_generator=rngs.noise, accountant=plan.accountant, delta=sgd_delta)
         lm.model = merged(lm.model)
+        log.info("DP-SGD: done")
         spends = [s for s in account.spends
                   if s.stage in ("condition", "generator.count", "generator.warm_start", "generator.dp_sgd")]
         privacy = {"stages": [{k: v for k, v in s.to_dict().items() if k != "detail"} for s in spends],

@@ -101,12 +101,15 @@ def warm_start(lm: LanguageModel, train: pd.DataFrame, *, spec: ReleaseSpec, sta
     _, delta = warm_budget(stage, gen, label)
     anchor = gen.warm_anchor(label)
     mst = MSTGeneratorSpec(kind="mst", anchor=anchor, bins=gen.warm_start_bins)
+    log.info("warm start: fitting MST (%d-cell grid%s)", gen.warm_start_bins,
+             f", with {anchor}'s pairs" if anchor else "")
     model, _ = fit_within(MSTBackend().fit, train, spec=spec.model_copy(update={"generator": mst}),
                           parent=stage, share=gen.warm_share(label), delta=delta, account=account, noise=noise,
                           workdir=workdir, as_stage="generator.warm_start",
                           detail={"purpose": "rows to pretrain on before DP-SGD", "anchor": anchor})
     rows = int(np.clip(round(noisy_rows), MIN_WARM_ROWS, MAX_WARM_ROWS))
     synthetic = model.sample(rows, seed=spec.sampling.seed)
+    log.info("warm start: MST fitted; pretraining on %d of its rows", rows)
     public = TrainingRows(codec, grammar, codec.encode_cells(synthetic), lm=lm, order=order)
     with torch_threads():
         steps = pretrain(lm, public, epochs=gen.warm_start_epochs, batch_size=WARM_BATCH,

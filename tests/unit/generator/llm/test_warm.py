@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -30,11 +32,20 @@ def _fit(spec, frame, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("label", "share"), [(None, 0.3), ("a", 0.7)], ids=["no-label", "label-pairs"])
-def test_warm_start_spends_its_share_and_the_stages_add_up_to_the_generator_stage(tmp_path, label, share):
-    """The default share: 0.3 of the stage for a plain warm start, 0.7 when it measures the label's pairs."""
+def test_warm_start_spends_its_share_and_the_stages_add_up_to_the_generator_stage(tmp_path, label, share, caplog):
+    """The default share: 0.3 of the stage for a plain warm start, 0.7 when it measures the label's pairs.
+
+    The fit logs its phases in order, with public figures only (never the exact row count)."""
     spec = llm_spec(tmp_path, TABULAR, epsilon=2.0, warm_start="mst", warm_start_epochs=1.0, condition_on=label,
                     warm_start_bins=8)
-    model, account = _fit(spec, tabular_frame(300), tmp_path)
+    with caplog.at_level(logging.INFO, logger="safesynth"):
+        model, account = _fit(spec, tabular_frame(300), tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.name == "safesynth"]
+    phases = ["warm start: fitting MST", "warm start: MST fitted", "warm start: pretrained", "DP-SGD: ", "DP-SGD: done"]
+    found = [next(i for i, line in enumerate(lines) if line.startswith(p)) for p in phases[:-1]]
+    assert found == sorted(found) and lines.index("DP-SGD: done") > found[-1]
+    assert ("with a's pairs" in lines[found[0]]) == (label == "a")
+    assert not re.search(r"(?<![\d.])300(?![\d])", caplog.text)
     stage = plan_budget(spec).stage("generator")
     by = {s.stage: s for s in account.spends if s.stage != "condition"}
     assert list(by) == ["generator.count", "generator.warm_start", "generator.dp_sgd"]
