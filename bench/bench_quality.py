@@ -23,7 +23,7 @@ printed, stored in the JSON and written as a Markdown table to bench/results/NAM
     .venv/bin/python bench/bench_quality.py --eps 4 --backends aim --seeds 1 --rows 2000 --set rounds=8
 
 ``--dataset`` is an alias of ``--datasets``; ``--rows N`` (a smoke run) fits on the first N training rows.
-One full Adult AIM run takes ~11 min and ~5 GB.
+One full Adult AIM run takes ~31 min and ~6.5 GB alone on 2 vCPUs (one thread; bench/README.md).
 """
 
 from __future__ import annotations
