@@ -38,13 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ADULT_COLUMNS, DATA, RESULTS, load_typed, make_spec, run_release, split  # noqa: E402
 
 
-def _pair_tables(cells: np.ndarray, shape: dict[int, int], pairs: list[tuple[int, int]]) -> list[Target]:
+def _tables(cells: np.ndarray, shape: dict[int, int], marginals: list[tuple[int, ...]]) -> tuple[Target, ...]:
+    """The empirical marginal of ``cells`` (columns x rows, grid cells) on each tuple of columns, as targets
+    (cells past a table's edge clip into it, as the raking does)."""
     out = []
-    for a, b in pairs:
-        table = np.zeros((shape[a], shape[b]))
-        np.add.at(table, (np.minimum(cells[a], shape[a] - 1), np.minimum(cells[b], shape[b] - 1)), 1)
-        out.append(Target(columns=(a, b), table=table / table.sum()))
-    return out
+    for columns in marginals:
+        dims = tuple(shape[c] for c in columns)
+        index = np.ravel_multi_index(tuple(cells[c] for c in columns), dims, mode="clip")
+        out.append(Target(columns=columns, table=(np.bincount(index, minlength=int(np.prod(dims))) / cells.shape[1])
+                          .reshape(dims)))
+    return tuple(out)
 
 
 def main() -> None:
@@ -104,12 +107,11 @@ def main() -> None:
     every = list(itertools.combinations(sorted(shape), 2))
     unmeasured = [p for p in every if p not in measured and p[::-1] not in measured]
     mst_cells = cal.cells(captured["mst"].sample(400_000, seed=args.seed + 99), spec)
-    keep("mst_allpairs", (*cal.targets, *_pair_tables(mst_cells, shape, unmeasured)))
+    keep("mst_allpairs", (*cal.targets, *_tables(mst_cells, shape, unmeasured)))
     true_cells = cal.cells(train, spec)
-    true_one = tuple(Target(columns=t.columns, table=np.bincount(
-        np.minimum(true_cells[t.columns[0]], shape[t.columns[0]] - 1), minlength=shape[t.columns[0]]) / n) for t in one)
-    keep("oracle_measured", (*true_one, *_pair_tables(true_cells, shape, measured)))
-    keep("oracle_allpairs", (*true_one, *_pair_tables(true_cells, shape, every)))
+    true_one = _tables(true_cells, shape, [t.columns for t in one])
+    keep("oracle_measured", true_one + _tables(true_cells, shape, measured))
+    keep("oracle_allpairs", true_one + _tables(true_cells, shape, every))
     fitted.spec = spec.model_copy(update={"generator": spec.generator.model_copy(
         update={"temperature": args.temperature})})
     score(f"temperature_{args.temperature:g}", fitted.sample(n, seed=args.seed))
