@@ -176,6 +176,11 @@ def outcome_for_error(exc: SafeSynthError) -> ReleaseOutcome:
                           status="failed", message=str(exc), exit_code=exc.exit_code)
 
 
+def _figure(epsilon: float | None) -> str:
+    """An accountant's epsilon, or "n/a" where it cannot compose the release's events (PLD and zCDP)."""
+    return "n/a" if epsilon is None else f"{epsilon:.4f}"
+
+
 def render_summary(outcome: ReleaseOutcome) -> str:
     """A markdown summary of a release for people (Prefect artifact, CLI report). No private values."""
     lines = [f"# Release `{outcome.release_id}`: {outcome.status}", "", outcome.message, ""]
@@ -185,8 +190,8 @@ def render_summary(outcome: ReleaseOutcome) -> str:
             "## Privacy", "",
             "| epsilon | delta | accountant | epsilon (RDP) | epsilon (PLD) | epsilon (sum of stages) | secure noise |",
             "|---|---|---|---|---|---|---|",
-            f"| {p['epsilon']:.4f} | {p['delta']:.2e} | {p['accountant']} | {p['epsilon_rdp']:.4f} | "
-            f"{p['epsilon_pld']:.4f} | {p['epsilon_basic']:.4f} | {p['secure_noise']} |",
+            f"| {p['epsilon']:.4f} | {p['delta']:.2e} | {p['accountant']} | {_figure(p['epsilon_rdp'])} | "
+            f"{_figure(p['epsilon_pld'])} | {p['epsilon_basic']:.4f} | {p['secure_noise']} |",
             "", "| stage | mechanism | epsilon | delta | secure noise |", "|---|---|---|---|---|",
         ]
         lines += [f"| {s['stage']} | {s['mechanism']} | {s['epsilon']:.4f} | {s['delta']:.2e} | {s['secure_noise']} |"

@@ -26,9 +26,11 @@ Privacy:
     ``rho`` is the largest whose conversion to approximate DP by OpenDP
     (``make_fix_delta(make_zCDP_to_approxDP(m), delta)``) fits the plan's ``generator`` stage (epsilon,
     delta); the stated epsilon is that conversion applied to the fitted measurement itself. In the release
-    account the stage is the worst case of an (epsilon, delta)-DP mechanism: randomized response at epsilon
+    account the stage's event is what OpenDP states, ``rho``-zCDP (``ZCDpEvent``, the RDP curve
+    ``rho * alpha``), when the release's accountant composes it (RDP, the default); under PLD it is the worst
+    case of the (epsilon, delta) bound: randomized response at epsilon
     (:func:`~safesynth.privacy.accountant.pure_dp_event`) plus a bad event of probability delta
-    (``extra_delta``), which every accountant composes soundly. OpenDP draws the noise from its own secure
+    (``extra_delta``). OpenDP draws the noise from its own secure
     samplers: the run's :class:`~safesynth.privacy.noise.NoiseSource` is not used.
 """
 
@@ -44,11 +46,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from dp_accounting import dp_event
 
 from safesynth.errors import GeneratorError, InternalError
 from safesynth.generator import grid
 from safesynth.generator.calibrate import Target
-from safesynth.privacy.accountant import ReleaseAccount, StageSpend, pure_dp_event
+from safesynth.privacy.accountant import ReleaseAccount, StageSpend, pure_dp_event, supports
 from safesynth.privacy.noise import NoiseSource
 from safesynth.privacy.planner import BudgetPlan
 from safesynth.repair import repair_records
@@ -387,8 +390,8 @@ class _MBIBackend:
             Spends the plan's ``generator`` stage: OpenDP's measurement at the largest ``rho`` (zCDP) whose
             OpenDP conversion meets the stage's (epsilon, delta), under add/remove one record. Recorded in
             ``account`` as stage ``generator``: epsilon is OpenDP's map of the fitted measurement at the stage's
-            delta; the event is randomized response at that epsilon with the delta as ``extra_delta`` (see the
-            module docstring). ``noise`` is unused: OpenDP samples the noise securely itself.
+            delta; the event is ``rho``-zCDP, or under PLD randomized response at that epsilon with the delta
+            as ``extra_delta`` (see the module docstring). ``noise`` is unused: OpenDP samples the noise securely itself.
         """
         del noise, workdir  # OpenDP draws its own noise; nothing is written while fitting
         gen = spec.generator
@@ -405,9 +408,13 @@ class _MBIBackend:
         if not (spent_rho <= rho and epsilon <= stage.epsilon):
             raise InternalError(f"the {self.kind} measurement spends epsilon {epsilon:.6g} (rho {spent_rho:.6g}), "
                                 f"above its stage's {stage.epsilon:.6g}")
+        # zCDP is what OpenDP's map states; an accountant that cannot compose it (PLD) gets the worst case
+        # of the converted bound: randomized response at epsilon plus delta as a bad event.
+        zcdp = supports(dp_event.ZCDpEvent(rho=spent_rho), plan.accountant)
         account.add(StageSpend(  # committed before the measurement reads the records
-            stage="generator", event=pure_dp_event(epsilon), epsilon=epsilon, delta=stage.delta,
-            extra_delta=stage.delta, mechanism=f"{self.kind} (opendp.extras.mbi, zCDP)", secure_noise=True,
+            stage="generator", event=dp_event.ZCDpEvent(rho=spent_rho) if zcdp else pure_dp_event(epsilon),
+            epsilon=epsilon, delta=stage.delta, extra_delta=0.0 if zcdp else stage.delta,
+            mechanism=f"{self.kind} (opendp.extras.mbi, zCDP)", secure_noise=True,
             detail={"rho": spent_rho, "bins": gen.bins,
                     "cells": {name: _cells(col, gen.bins) for name, col in spec.columns.items()}},
         ))

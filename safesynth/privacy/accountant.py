@@ -43,14 +43,17 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from safesynth.errors import InternalError
 
 __all__ = [
+    "Headroom",
     "ReleaseAccount",
     "StageSpend",
     "calibrate_noise_multiplier",
     "compose_epsilon",
     "event_from_dict",
     "event_to_dict",
+    "headroom",
     "pure_dp_event",
     "pure_dp_rdp",
+    "supports",
 ]
 
 ACCOUNTANTS = ("rdp", "pld")
@@ -174,6 +177,15 @@ def _compose_epsilon(events: list[dp_event.DpEvent], *, delta: float, accountant
     return float(acc.get_epsilon(delta))
 
 
+def supports(event: dp_event.DpEvent, accountant: str) -> bool:
+    """Whether ``accountant`` composes ``event`` (pure-DP parts count as supported under RDP)."""
+    acc = _make(accountant)
+    if accountant == "rdp":
+        native, _ = _split_pure(event, acc.orders)
+        return native is None or bool(acc.supports(native))
+    return bool(acc.supports(event))
+
+
 def calibrate_noise_multiplier(
     make_event: Callable[[float], dp_event.DpEvent],
     *,
@@ -181,8 +193,10 @@ def calibrate_noise_multiplier(
     delta: float,
     accountant: str = "rdp",
     rel_tol: float = 1e-3,
+    alongside: Sequence[dp_event.DpEvent] = (),
 ) -> float:
-    """Smallest noise multiplier (within ``rel_tol``) whose event meets (epsilon, delta).
+    """Smallest noise multiplier (within ``rel_tol``) whose event, composed with the events ``alongside``
+    (already spent or planned, fixed), meets (epsilon, delta).
 
     Conservative: like Opacus, doubles until the target is met, then bisects and returns the *high*
     end, so the result never overshoots ``epsilon``; the final value is checked again.
@@ -193,8 +207,10 @@ def calibrate_noise_multiplier(
     if not epsilon > 0:
         raise ValueError(f"`epsilon` ({epsilon}) must be > 0")
 
+    fixed = list(alongside)
+
     def eps_of(m: float) -> float:
-        return compose_epsilon([make_event(m)], delta=delta, accountant=accountant)
+        return compose_epsilon([*fixed, make_event(m)], delta=delta, accountant=accountant)
 
     hi = 1.0
     while eps_of(hi) > epsilon:
@@ -213,6 +229,46 @@ def calibrate_noise_multiplier(
     if not eps_of(hi) <= epsilon:
         raise InternalError(f"calibration overshot: noise multiplier {hi:.6g} gives epsilon above `epsilon` ({epsilon})")
     return hi
+
+
+#: Relative margin below the release's epsilon when a mechanism is calibrated against the composition
+#: (:func:`headroom`): RDP's conversion is exact arithmetic; PLD's discretisation moves its figure slightly
+#: with the events' representation, so it gets room for that.
+HEADROOM_MARGIN = {"rdp": 1e-6, "pld": 5e-3}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Headroom:
+    """What a mechanism may be calibrated against so the release's composition meets its target.
+
+    ``events`` are those already spent plus the worst case of every stage still to come; the new
+    mechanism's event composed with them must give at most ``epsilon`` at ``delta`` under ``accountant``.
+    """
+
+    events: tuple[dp_event.DpEvent, ...]
+    epsilon: float
+    delta: float
+    accountant: str
+
+
+def headroom(account: ReleaseAccount, *, epsilon: float, later: Sequence[tuple[float, float]]) -> Headroom | None:
+    """The release's composition left to the next mechanism: ``account``'s spends so far, and each later
+    stage's planned (epsilon, delta) as its worst case (randomized response at epsilon, delta as a bad
+    event: any (epsilon, delta)-DP mechanism is dominated by it). ``None`` when no delta is left to convert at.
+
+    Calibrating against it keeps ``account.epsilon`` (after the later stages spend within their plan) at most
+    ``epsilon``: the accountant's figure is monotone in each event and in the bad events' delta.
+    """
+    events, extra = account.events_for(account.accountant)
+    for eps, delta in later:
+        events.append(pure_dp_event(eps))
+        extra += delta
+    left = account.delta - extra
+    if not left > 0:
+        return None
+    return Headroom(events=tuple(e for e in events if not isinstance(e, dp_event.NoOpDpEvent)),
+                    epsilon=epsilon * (1.0 - HEADROOM_MARGIN[account.accountant]), delta=left,
+                    accountant=account.accountant)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -285,15 +341,32 @@ class ReleaseAccount:
     @property
     def extra_delta(self) -> float:
         """Delta of bad events the stages' events do not model; spent before the accountant's share."""
-        return math.fsum(s.extra_delta for s in self.spends)
+        return self.events_for(self.accountant)[1]
+
+    def events_for(self, accountant: str) -> tuple[list[dp_event.DpEvent], float]:
+        """The events ``accountant`` composes, and the delta of bad events it must add on top.
+
+        A stage whose event the accountant cannot compose (a zCDP stage under PLD) enters as the worst case
+        of its own bound: randomized response at its epsilon, with its delta as a bad event.
+        """
+        events: list[dp_event.DpEvent] = []
+        extra: list[float] = []
+        for s in self.spends:
+            if supports(s.event, accountant):
+                events.append(s.event)
+                extra.append(s.extra_delta)
+            else:
+                events.append(pure_dp_event(s.epsilon))
+                extra.append(s.delta)
+        return events, math.fsum(extra)
 
     def epsilon_by(self, accountant: str) -> float:
-        extra = self.extra_delta
+        events, extra = self.events_for(accountant)
         if extra == 0.0:
-            return compose_epsilon(self.events(), delta=self.delta, accountant=accountant)
+            return compose_epsilon(events, delta=self.delta, accountant=accountant)
         if extra > self.delta:
             return math.inf
-        return compose_epsilon(self.events(), delta=self.delta - extra, accountant=accountant)
+        return compose_epsilon(events, delta=self.delta - extra, accountant=accountant)
 
     @property
     def epsilon(self) -> float:
@@ -330,7 +403,11 @@ class ReleaseAccount:
         return "; ".join(clauses)
 
     def summary(self) -> dict[str, Any]:
-        by = {name: self.epsilon_by(name) for name in ACCOUNTANTS} if self.spends else dict.fromkeys(ACCOUNTANTS, 0.0)
+        # Each accountant's own figure where it composes every stage as recorded (PLD has no zCDP event);
+        # None where it would need the worst-case stand-in, which states a looser bound, not the release's.
+        by: dict[str, float | None] = {
+            name: (self.epsilon_by(name) if all(supports(s.event, name) for s in self.spends) else None)
+            for name in ACCOUNTANTS}
         return {
             "epsilon": self.epsilon,
             # Only when secure_noise is false: what the stated epsilon then rests on (one line).
@@ -367,6 +444,8 @@ def event_to_dict(event: dp_event.DpEvent) -> dict[str, Any]:
         return {"type": "self_composed", "count": event.count, "event": event_to_dict(event.event)}
     if isinstance(event, dp_event.ComposedDpEvent):
         return {"type": "composed", "events": [event_to_dict(e) for e in event.events]}
+    if isinstance(event, dp_event.ZCDpEvent):
+        return {"type": "zcdp", "rho": event.rho, "xi": event.xi}
     if isinstance(event, dp_event.NoOpDpEvent):
         return {"type": "noop"}
     raise ValueError(f"cannot serialise {type(event).__name__}")
@@ -387,6 +466,8 @@ def event_from_dict(data: dict[str, Any]) -> dp_event.DpEvent:
         return dp_event.SelfComposedDpEvent(event_from_dict(data["event"]), int(data["count"]))
     if kind == "composed":
         return dp_event.ComposedDpEvent([event_from_dict(e) for e in data["events"]])
+    if kind == "zcdp":
+        return dp_event.ZCDpEvent(rho=float(data["rho"]), xi=float(data.get("xi", 0.0)))
     if kind == "noop":
         return dp_event.NoOpDpEvent()
     raise ValueError(f"unknown event type {kind!r}")

@@ -54,7 +54,7 @@ from safesynth.generator.llm.training import (
     training_rngs,
 )
 from safesynth.generator.llm.warm import warm_budget, warm_start
-from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon
+from safesynth.privacy.accountant import ReleaseAccount, StageSpend, compose_epsilon, headroom
 from safesynth.privacy.mechanisms import LaplaceMechanism, make_mechanism
 from safesynth.privacy.noise import NoiseSource
 from safesynth.privacy.planner import BudgetPlan
@@ -159,9 +159,12 @@ class LLMBackend:
         (:func:`safesynth.repair.repair_records`), so no single record can make the fit fail.
 
         Privacy:
-            Spends at most ``plan.stage("generator")`` (count: ``COUNT_FRACTION`` of its epsilon; warm start:
+            Spends ``plan.stage("generator")`` (count: ``COUNT_FRACTION`` of its epsilon; warm start:
             ``warm_start_share`` of its epsilon and delta, see :mod:`.warm`; DP-SGD: the rest) plus
-            ``plan.stage("condition")`` with ``condition_on``.
+            ``plan.stage("condition")`` with ``condition_on``. DP-SGD's noise is the smaller of what its share
+            needs alone and what the release's composition under the plan's accountant leaves it (every
+            stage spent so far, the later stages at their planned worst case: :func:`headroom`), so the
+            release's epsilon stays within the spec's by basic composition or by the accountant.
             Add/remove one record throughout.
         """
         gen = _gen(spec)
@@ -205,10 +208,14 @@ class LLMBackend:
                 calibration = Calibration(bins=marginal_model.bins, targets=tuple(marginal_model.targets()),
                                           oversample=gen.calibrate_oversample)
         sgd_delta = stage.delta - warm_delta
+        # What the stages before left unspent under the accountant's composition goes to DP-SGD too.
+        spent = {s.stage.split(".")[0] for s in account.spends}
+        later = [(s.epsilon, s.delta) for s in plan.stages if s.name != "generator" and s.name not in spent]
         schedule = schedule_dp_sgd(noisy_rows=noisy_rows, batch_size=gen.batch_size, epochs=gen.epochs,
                                    max_grad_norm=gen.max_grad_norm,
                                    epsilon=(1 - COUNT_FRACTION) * stage.epsilon - warm_epsilon,
-                                   delta=sgd_delta, accountant=plan.accountant)
+                                   delta=sgd_delta, accountant=plan.accountant,
+                                   release=headroom(account, epsilon=plan.epsilon, later=later))
         sgd_spend = _sgd_spend(schedule, delta=sgd_delta, accountant=plan.accountant,
                                detail={"grad_sample_mode": gen.grad_sample_mode, "rng_seeding": rngs.source})
         account.add(sgd_spend)  # committed before the first noisy step

@@ -35,7 +35,7 @@ from safesynth.errors import InternalError
 from safesynth.generator.llm.encoding import PAD, Cell, RowCodec
 from safesynth.generator.llm.grammar import Grammar
 from safesynth.generator.llm.model import LanguageModel, model_device, norms_for_opacus
-from safesynth.privacy.accountant import StageSpend, calibrate_noise_multiplier, compose_epsilon
+from safesynth.privacy.accountant import Headroom, StageSpend, calibrate_noise_multiplier, compose_epsilon
 from safesynth.privacy.mechanisms import LaplaceMechanism
 from safesynth.privacy.noise import NoiseSource
 
@@ -102,13 +102,18 @@ def schedule_dp_sgd(
     epsilon: float,
     delta: float,
     accountant: str,
+    release: Headroom | None = None,
 ) -> DPSGDSchedule:
-    """Sample rate and steps from the noisy count, and the least noise multiplier meeting (epsilon, delta).
+    """Sample rate and steps from the noisy count, and the least noise multiplier meeting (epsilon, delta)
+    on its own or, with ``release``, the release's composition.
 
     Privacy:
-        Spends nothing (post-processing of the noisy count). The returned schedule's event, a
-        ``steps``-fold Poisson-subsampled Gaussian, has epsilon <= ``epsilon`` at ``delta`` under
-        ``accountant`` (add/remove one record, per-record L2 sensitivity ``max_grad_norm``).
+        Spends nothing (post-processing of the noisy count). The noise multiplier is the smaller of two,
+        each of which keeps the release within its target: the least whose event alone has epsilon <=
+        ``epsilon`` at ``delta`` (its share: basic composition over the stages), and the least whose event
+        composed with ``release.events`` has epsilon <= ``release.epsilon`` at ``release.delta`` (the
+        accountant's composition). Event: a ``steps``-fold Poisson-subsampled Gaussian under ``accountant``
+        (add/remove one record, per-record L2 sensitivity ``max_grad_norm``).
     """
     rows = max(1.0, noisy_rows)
     sample_rate = min(1.0, batch_size / rows)
@@ -119,6 +124,10 @@ def schedule_dp_sgd(
             dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(m)), steps)
 
     multiplier = calibrate_noise_multiplier(event, epsilon=epsilon, delta=delta, accountant=accountant)
+    if release is not None:
+        multiplier = min(multiplier, calibrate_noise_multiplier(
+            event, epsilon=release.epsilon, delta=release.delta, accountant=release.accountant,
+            alongside=release.events))
     return DPSGDSchedule(sample_rate=sample_rate, steps=steps, noise_multiplier=multiplier,
                          max_grad_norm=max_grad_norm, expected_batch_size=batch_size, epochs=epochs)
 

@@ -11,14 +11,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from safesynth.privacy.accountant import (
+    HEADROOM_MARGIN,
     ReleaseAccount,
     StageSpend,
     calibrate_noise_multiplier,
     compose_epsilon,
     event_from_dict,
     event_to_dict,
+    headroom,
     pure_dp_event,
     pure_dp_rdp,
+    supports,
 )
 from safesynth.privacy.mechanisms import GaussianMechanism, LaplaceMechanism
 
@@ -115,6 +118,7 @@ def test_events_serialise_and_round_trip():
         dp_event.LaplaceDpEvent(2.0),
         pure_dp_event(0.5),
         dp_event.GaussianDpEvent(3.0),
+        dp_event.ZCDpEvent(rho=0.0125),
         dp_event.NoOpDpEvent(),
     ])
     assert event_from_dict(event_to_dict(event)) == event
@@ -241,3 +245,64 @@ def test_memoised_epsilons_equal_fresh_ones_and_never_mix_events(monkeypatch):
         assert [acc.compose_epsilon([e], delta=1e-5) for e in events] == fresh
     assert acc.compose_epsilon([events[0]], delta=1e-6) > fresh[0]  # delta is part of the key
     assert len(acc._EPSILONS) == 4
+
+
+# ------------------------------------------------------------------- zCDP stages and the release's headroom
+
+
+def test_a_zcdp_stage_is_its_rdp_curve_under_rdp_and_its_own_bound_under_pld():
+    """OpenDP's rho-zCDP (MST, AIM) is the RDP curve rho * alpha; PLD has no such event, so it composes the
+    stage's own (epsilon, delta) bound instead, and the summary states no PLD figure for the release."""
+    rho, eps, delta = 0.0125, 0.63, 7e-6
+    zcdp = dp_event.ZCDpEvent(rho=rho)
+    assert supports(zcdp, "rdp") and not supports(zcdp, "pld") and supports(pure_dp_event(1.0), "pld")
+    gaussian = dp_event.GaussianDpEvent(noise_multiplier=1 / math.sqrt(2 * rho))  # exactly rho-zCDP
+    assert compose_epsilon([zcdp], delta=1e-5) == pytest.approx(compose_epsilon([gaussian], delta=1e-5), rel=1e-9)
+    account = ReleaseAccount(delta=1e-5, spends=[_spend("generator", zcdp, eps, delta),
+                                                 _spend("audit", dp_event.LaplaceDpEvent(10.0), 0.1, 0.0)])
+    stand_in = compose_epsilon([pure_dp_event(eps), dp_event.LaplaceDpEvent(10.0)], delta=1e-5 - delta,
+                               accountant="pld")
+    assert account.epsilon_by("pld") == pytest.approx(stand_in)
+    assert account.extra_delta == 0.0  # under the chosen accountant (RDP) the zCDP stage has no bad event
+    summary = account.summary()
+    assert summary["epsilon_pld"] is None and summary["epsilon_rdp"] == account.epsilon_by("rdp")
+    # Composed in RDP, the two stages cost less than their bounds' sum.
+    assert account.epsilon < account.basic_epsilon
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_noise_calibrated_to_the_headroom_keeps_the_release_within_target_after_the_later_stages(accountant):
+    """DP-SGD calibrated against what the release's composition leaves (stages spent so far, later stages at
+    their planned worst case) needs less noise than its share alone, and the release's epsilon still meets
+    the target once the later stage spends its plan."""
+    target, delta = 1.0, 1e-5
+    warm = (dp_event.ZCDpEvent(rho=0.0118) if accountant == "rdp" else pure_dp_event(0.616))
+    account = ReleaseAccount(delta=delta, accountant=accountant, spends=[
+        _spend("repairs", pure_dp_event(0.02), 0.02, 0.0),
+        _spend("generator.count", dp_event.LaplaceDpEvent(1 / 0.044), 0.044, 0.0),
+        _spend("generator.warm_start", warm, 0.616, 6.16e-6, extra=0.0 if accountant == "rdp" else 6.16e-6),
+    ])
+    room = headroom(account, epsilon=target, later=[(0.1, 1e-6)])
+    assert room is not None and room.epsilon == pytest.approx(target * (1 - HEADROOM_MARGIN[accountant]))
+
+    def sgd(m: float) -> dp_event.DpEvent:
+        return dpsgd(m, 1024 / 39073, 458)
+
+    alone = calibrate_noise_multiplier(sgd, epsilon=0.22, delta=2.64e-6, accountant=accountant)
+    joint = calibrate_noise_multiplier(sgd, epsilon=room.epsilon, delta=room.delta, accountant=accountant,
+                                       alongside=room.events)
+    # Under RDP the warm start is its zCDP curve and DP-SGD gets most of the slack (adult-sized: ~2.8x less
+    # noise); under PLD the warm start is its (epsilon, delta) stand-in and less is left.
+    assert joint < (alone / 2 if accountant == "rdp" else alone * 0.95)
+    account.add(_spend("generator.dp_sgd", sgd(joint), compose_epsilon([sgd(joint)], delta=2.64e-6,
+                                                                       accountant=accountant), 2.64e-6))
+    for _ in range(2):  # the audit spends its planned 0.1 in two pure-DP releases
+        account.add(_spend("audit", dp_event.LaplaceDpEvent(20.0), 0.05, 0.0))
+    assert account.basic_epsilon > target  # basic composition no longer states it ...
+    assert account.epsilon_by(accountant) <= target  # ... the accountant does
+    assert account.epsilon <= target
+
+
+def test_no_headroom_without_delta_left_for_the_accountant():
+    account = ReleaseAccount(delta=1e-6, spends=[_spend("discovery", pure_dp_event(0.1), 0.1, 1e-6, extra=1e-6)])
+    assert headroom(account, epsilon=1.0, later=[]) is None
