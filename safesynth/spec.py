@@ -323,7 +323,8 @@ class LLMGeneratorSpec(_Frozen):
     )
     warm_start_share: float | None = Field(
         None, gt=0.0, lt=0.9, description="Share of the generator stage's epsilon and delta the warm start's "
-        f"marginals spend (DP-SGD gets the rest, less the row count's share). Default: {LABEL_PAIRS_WARM_SHARE:g} "
+        f"marginals spend (DP-SGD gets the rest, less the row count's share, plus what the release's RDP "
+        f"composition leaves unspent). Default: {LABEL_PAIRS_WARM_SHARE:g} "
         f"when the warm start measures the label's pairs (`warm_start_label_pairs` with a label), else "
         f"{WARM_SHARE:g}."
     )
