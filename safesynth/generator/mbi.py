@@ -410,9 +410,10 @@ class _MBIBackend:
                                 f"above its stage's {stage.epsilon:.6g}")
         # zCDP is what OpenDP's map states; an accountant that cannot compose it (PLD) gets the worst case
         # of the converted bound: randomized response at epsilon plus delta as a bad event.
-        zcdp = supports(dp_event.ZCDpEvent(rho=spent_rho), plan.accountant)
+        event = dp_event.ZCDpEvent(rho=spent_rho)
+        zcdp = supports(event, plan.accountant)
         account.add(StageSpend(  # committed before the measurement reads the records
-            stage="generator", event=dp_event.ZCDpEvent(rho=spent_rho) if zcdp else pure_dp_event(epsilon),
+            stage="generator", event=event if zcdp else pure_dp_event(epsilon),
             epsilon=epsilon, delta=stage.delta, extra_delta=0.0 if zcdp else stage.delta,
             mechanism=f"{self.kind} (opendp.extras.mbi, zCDP)", secure_noise=True,
             detail={"rho": spent_rho, "bins": gen.bins,

@@ -16,6 +16,11 @@ whose privacy loss is +-epsilon like randomized response, and any release known 
 of binary randomized response at epsilon, which is the largest of any epsilon-DP mechanism at every
 order (every epsilon-DP pair is a post-processing of it, Kairouz-Oh-Viswanath 2015), so it is sound.
 
+OpenDP's zCDP measurements (MST, AIM) are ``ZCDpEvent``s, the RDP curve ``rho * alpha``; PLD has none, so
+under PLD such a stage enters as the worst case of its own (epsilon, delta) bound
+(:meth:`ReleaseAccount.events_for`). :func:`headroom` is what the composition leaves a mechanism calibrated
+last (the llm's DP-SGD): the release's epsilon then rests on the accountant, not on basic composition.
+
 A stage may also carry ``extra_delta``: the probability of a bad event its event does not model (a
 threshold revealing a key seen once, Rogers 2023). Conditioned on the good events the composition is the
 composition of the events, so the release is (epsilon(delta - sum extra_delta), delta)-DP: the accountant is
@@ -32,7 +37,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from dp_accounting import dp_event
@@ -41,6 +46,9 @@ from dp_accounting.privacy_accountant import PrivacyAccountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from safesynth.errors import InternalError
+
+if TYPE_CHECKING:
+    from safesynth.privacy.planner import BudgetPlan
 
 __all__ = [
     "Headroom",
@@ -251,23 +259,26 @@ class Headroom:
     accountant: str
 
 
-def headroom(account: ReleaseAccount, *, epsilon: float, later: Sequence[tuple[float, float]]) -> Headroom | None:
-    """The release's composition left to the next mechanism: ``account``'s spends so far, and each later
-    stage's planned (epsilon, delta) as its worst case (randomized response at epsilon, delta as a bad
-    event: any (epsilon, delta)-DP mechanism is dominated by it). ``None`` when no delta is left to convert at.
+def headroom(account: ReleaseAccount, plan: BudgetPlan, *, current: str) -> Headroom | None:
+    """The release's composition left to the next mechanism of stage ``current``: ``account``'s spends so
+    far, and every other stage of ``plan`` that has spent nothing yet at its planned (epsilon, delta) as its
+    worst case (randomized response at epsilon, delta as a bad event: any (epsilon, delta)-DP mechanism is
+    dominated by it). ``None`` when no delta is left to convert at.
 
     Calibrating against it keeps ``account.epsilon`` (after the later stages spend within their plan) at most
-    ``epsilon``: the accountant's figure is monotone in each event and in the bad events' delta.
+    ``plan.epsilon``: the accountant's figure is monotone in each event and in the bad events' delta.
     """
     events, extra = account.events_for(account.accountant)
-    for eps, delta in later:
-        events.append(pure_dp_event(eps))
-        extra += delta
+    spent = {s.stage.split(".")[0] for s in account.spends}  # "generator.count" belongs to "generator"
+    for stage in plan.stages:
+        if stage.name != current and stage.name not in spent:
+            events.append(pure_dp_event(stage.epsilon))
+            extra += stage.delta
     left = account.delta - extra
     if not left > 0:
         return None
     return Headroom(events=tuple(e for e in events if not isinstance(e, dp_event.NoOpDpEvent)),
-                    epsilon=epsilon * (1.0 - HEADROOM_MARGIN[account.accountant]), delta=left,
+                    epsilon=plan.epsilon * (1.0 - HEADROOM_MARGIN[account.accountant]), delta=left,
                     accountant=account.accountant)
 
 

@@ -209,13 +209,11 @@ class LLMBackend:
                                           oversample=gen.calibrate_oversample)
         sgd_delta = stage.delta - warm_delta
         # What the stages before left unspent under the accountant's composition goes to DP-SGD too.
-        spent = {s.stage.split(".")[0] for s in account.spends}
-        later = [(s.epsilon, s.delta) for s in plan.stages if s.name != "generator" and s.name not in spent]
         schedule = schedule_dp_sgd(noisy_rows=noisy_rows, batch_size=gen.batch_size, epochs=gen.epochs,
                                    max_grad_norm=gen.max_grad_norm,
                                    epsilon=(1 - COUNT_FRACTION) * stage.epsilon - warm_epsilon,
                                    delta=sgd_delta, accountant=plan.accountant,
-                                   release=headroom(account, epsilon=plan.epsilon, later=later))
+                                   release=headroom(account, plan, current="generator"))
         sgd_spend = _sgd_spend(schedule, delta=sgd_delta, accountant=plan.accountant,
                                detail={"grad_sample_mode": gen.grad_sample_mode, "rng_seeding": rngs.source})
         account.add(sgd_spend)  # committed before the first noisy step

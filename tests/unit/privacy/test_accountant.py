@@ -24,6 +24,7 @@ from safesynth.privacy.accountant import (
     supports,
 )
 from safesynth.privacy.mechanisms import GaussianMechanism, LaplaceMechanism
+from safesynth.privacy.planner import BudgetPlan, StageBudget
 
 
 def dpsgd(noise_multiplier: float, sample_rate: float, steps: int) -> dp_event.DpEvent:
@@ -282,7 +283,11 @@ def test_noise_calibrated_to_the_headroom_keeps_the_release_within_target_after_
         _spend("generator.count", dp_event.LaplaceDpEvent(1 / 0.044), 0.044, 0.0),
         _spend("generator.warm_start", warm, 0.616, 6.16e-6, extra=0.0 if accountant == "rdp" else 6.16e-6),
     ])
-    room = headroom(account, epsilon=target, later=[(0.1, 1e-6)])
+    plan = BudgetPlan(epsilon=target, delta=delta, accountant=accountant, stages=(
+        StageBudget(name="repairs", fraction=0.02, epsilon=0.02, delta=0.0),
+        StageBudget(name="generator", fraction=0.88, epsilon=0.88, delta=8.8e-6),
+        StageBudget(name="audit", fraction=0.1, epsilon=0.1, delta=1e-6)))  # the audit: still to come
+    room = headroom(account, plan, current="generator")
     assert room is not None and room.epsilon == pytest.approx(target * (1 - HEADROOM_MARGIN[accountant]))
 
     def sgd(m: float) -> dp_event.DpEvent:
@@ -305,4 +310,6 @@ def test_noise_calibrated_to_the_headroom_keeps_the_release_within_target_after_
 
 def test_no_headroom_without_delta_left_for_the_accountant():
     account = ReleaseAccount(delta=1e-6, spends=[_spend("discovery", pure_dp_event(0.1), 0.1, 1e-6, extra=1e-6)])
-    assert headroom(account, epsilon=1.0, later=[]) is None
+    plan = BudgetPlan(epsilon=1.0, delta=1e-6, accountant="rdp",
+                      stages=(StageBudget(name="discovery", fraction=0.1, epsilon=0.1, delta=1e-6),))
+    assert headroom(account, plan, current="generator") is None
